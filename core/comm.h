@@ -1,0 +1,122 @@
+/* The communicator and requests: state shared by algorithms. */
+#ifndef MOX_CORE_COMM_H
+#define MOX_CORE_COMM_H
+
+#include <stdint.h>
+#include <stddef.h>
+#include "mox/mox.h"
+#include "bootstrap.h"
+#include "config.h"
+#include "topo.h"
+#include "transport.h"
+
+/* Tags: core uses the low MOX_TAG_BITS bits; transports may use the rest
+ * (ucx puts the sender's rank there). */
+#define MOX_TAG_BITS 40
+#define MOX_TAG_STEP_BITS 12
+#define MOX_TAG_SEQ_MASK ((UINT64_C(1) << (MOX_TAG_BITS - MOX_TAG_STEP_BITS)) - 1)
+
+static inline uint64_t mox__tag(uint64_t seq, unsigned step)
+{
+    return ((seq & MOX_TAG_SEQ_MASK) << MOX_TAG_STEP_BITS) |
+           (step & ((1u << MOX_TAG_STEP_BITS) - 1));
+}
+
+enum { MOX_TP_SELF, MOX_TP_SHM, MOX_TP_UCX, MOX_TP_COUNT };
+
+/* Values of MOX_ALLTOALLV_ALGO (indices of its choices). */
+enum { MOX_A2A_AUTO, MOX_A2A_PAIRWISE, MOX_A2A_HIER };
+
+struct mox_comm {
+    int rank, size;
+    mox__config_t cfg;
+    mox__boot_t *boot;
+    mox__topo_t topo;
+    int node, local_rank, local_size;
+    int numa_node;
+    char nic[64];
+    int nic_rate_mbps;
+    char node_key[MOX_NODE_KEY_LEN];
+    char job_id[32];
+
+    const mox__transport_ops_t *tp_ops[MOX_TP_COUNT];
+    mox__transport_t *tp[MOX_TP_COUNT];
+
+    uint64_t coll_seq;      /* collectives started; same on every rank */
+    int failed;             /* a fatal error happened; only destroy is useful */
+    mox_stats_t stats;
+    struct mox_req *active; /* requests not yet finished, for progress */
+
+    char last_error[768];
+};
+
+typedef struct mox_comm mox__comm_t;
+
+/*
+ * A running collective. An algorithm fills `progress` (advance as far as
+ * possible without blocking: MOX_IN_PROGRESS, MOX_OK when finished, or an
+ * error) and `cleanup`, and lists the transport requests it may wait on in
+ * `treqs` so timeouts can name the peers and cancel them.
+ */
+struct mox_req {
+    mox__comm_t *comm;
+    const char *name;       /* "alltoallv_hier" */
+    int done;
+    mox_status_t status;
+    uint64_t seq;
+    uint64_t start_ns;
+    mox_status_t (*progress)(struct mox_req *req);
+    void (*cleanup)(struct mox_req *req);
+    mox__treq_t *treqs;
+    size_t ntreqs;
+    void *state;
+    struct mox_req *next;   /* in comm->active */
+};
+
+/* Record an error on the communicator (message formatted like printf) and
+ * return `st`, so `return mox__fail(c, st, ...)` reads naturally. */
+mox_status_t mox__fail(mox__comm_t *c, mox_status_t st, const char *fmt, ...)
+    __attribute__((format(printf, 3, 4)));
+
+/* Send/receive through the transport that reaches `peer`; counts bytes. */
+mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
+                        const void *buf, size_t bytes, mox__treq_t *r);
+mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
+                        size_t capacity, mox__treq_t *r);
+
+/* Poll every transport once; returns events seen or a negative status. */
+int mox__progress(mox__comm_t *c);
+
+/* New request for a collective: takes the next sequence number. */
+mox_status_t mox__req_new(mox__comm_t *c, const char *name,
+                          struct mox_req **req);
+/* Start it: first progress, and on success put it in comm->active. On an
+ * immediate error the request is freed and *out stays NULL. */
+mox_status_t mox__req_start(struct mox_req *req, mox_req_t *out);
+
+/* Check a finished transport request; returns its status with a message
+ * naming the peer on failure. */
+mox_status_t mox__treq_check(mox__comm_t *c, const mox__treq_t *r,
+                             const char *what);
+
+uint64_t mox__now_ns(void);
+
+/* Free every request of the communicator (at destroy). */
+void mox__req_free_all(mox__comm_t *c);
+
+/* Algorithms (core/algorithms/). Arguments already validated. */
+typedef struct {
+    const char *sendbuf;
+    const uint64_t *sendcounts, *sdispls;
+    char *recvbuf;
+    const uint64_t *recvcounts, *rdispls;
+    size_t elem_bytes;
+} mox__a2av_args_t;
+
+mox_status_t mox__alltoallv_pairwise(struct mox_req *req,
+                                     const mox__a2av_args_t *a);
+mox_status_t mox__alltoallv_hier(struct mox_req *req,
+                                 const mox__a2av_args_t *a);
+mox_status_t mox__barrier_dissem(struct mox_req *req);
+
+#endif

@@ -1,0 +1,118 @@
+/* The one table of every MOX_* environment variable. */
+#ifndef MOX_CORE_CONFIG_H
+#define MOX_CORE_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mox/mox.h"
+
+typedef enum {
+    MOX_CFG_INT,      /* signed 64-bit integer with bounds */
+    MOX_CFG_SIZE,     /* byte size: 4096, 64k, 8M, 1G */
+    MOX_CFG_STRING,   /* free text */
+    MOX_CFG_ENUM,     /* one of a '|' separated list */
+    MOX_CFG_BOOL      /* 0/1, yes/no, on/off, true/false */
+} mox__cfg_type_t;
+
+/* Every variable, in one X-macro:
+ * X(field, NAME, type, default, enum choices or NULL, min, max, doc) */
+#define MOX_CONFIG_TABLE(X)                                                    \
+    X(log_level, "MOX_LOG_LEVEL", MOX_CFG_ENUM, "warn",                        \
+      "error|warn|info|debug|trace", 0, 0,                                     \
+      "log threshold; lines carry rank and component")                         \
+    X(timeout_ms, "MOX_TIMEOUT", MOX_CFG_INT, "60000", NULL, 100,              \
+      86400000,                                                                \
+      "milliseconds without progress from a peer before an operation "         \
+      "fails with MOX_ERR_TIMEOUT (also bounds the bootstrap)")                \
+    X(rank, "MOX_RANK", MOX_CFG_INT, "-1", NULL, -1, 1 << 24,                  \
+      "this process's rank for the TCP rendezvous (else RANK, "                \
+      "OMPI_COMM_WORLD_RANK, PMI_RANK, SLURM_PROCID)")                         \
+    X(size, "MOX_SIZE", MOX_CFG_INT, "-1", NULL, -1, 1 << 24,                  \
+      "number of ranks for the TCP rendezvous (else WORLD_SIZE, "              \
+      "OMPI_COMM_WORLD_SIZE, PMI_SIZE, SLURM_NTASKS)")                         \
+    X(root_addr, "MOX_ROOT_ADDR", MOX_CFG_STRING, "", NULL, 0, 0,              \
+      "IP:PORT where rank 0 listens for the TCP rendezvous (else "             \
+      "MASTER_ADDR:MASTER_PORT)")                                              \
+    X(job_secret, "MOX_JOB_SECRET", MOX_CFG_STRING, "", NULL, 0, 0,            \
+      "shared secret every rank presents at the rendezvous; joiners "          \
+      "with another secret are refused")                                       \
+    X(job_id, "MOX_JOB_ID", MOX_CFG_STRING, "", NULL, 0, 0,                    \
+      "job name used in /dev/shm segment names (default: chosen by "           \
+      "rank 0)")                                                               \
+    X(bootstrap, "MOX_BOOTSTRAP", MOX_CFG_ENUM, "auto",                        \
+      "auto|pmix|tcp|single", 0, 0,                                            \
+      "how ranks find each other when the host passes no OOB allgather")       \
+    X(node_id, "MOX_NODE_ID", MOX_CFG_STRING, "", NULL, 0, 0,                  \
+      "override the node key (default hostname:ipc-namespace); ranks "         \
+      "with equal keys share memory")                                          \
+    X(net_tls, "MOX_NET_TLS", MOX_CFG_STRING, "^sm,self", NULL, 0, 0,          \
+      "UCX transports for traffic between nodes (UCX_TLS syntax); "            \
+      "tcp on emulated nodes")                                                 \
+    X(net_devices, "MOX_NET_DEVICES", MOX_CFG_STRING, "", NULL, 0, 0,          \
+      "UCX network devices between nodes (UCX_NET_DEVICES syntax; "            \
+      "default: all)")                                                         \
+    X(shm_slot_bytes, "MOX_SHM_SLOT_SIZE", MOX_CFG_SIZE, "64k", NULL, 4096,    \
+      1 << 26, "bytes per slot of a shared-memory channel")                    \
+    X(shm_slots, "MOX_SHM_SLOTS", MOX_CFG_INT, "8", NULL, 2, 1024,             \
+      "slots per ordered pair of ranks in a node")                             \
+    X(shm_cma, "MOX_SHM_CMA", MOX_CFG_ENUM, "auto", "auto|on|off", 0, 0,       \
+      "single-copy large messages with process_vm_readv (auto: when "          \
+      "permitted)")                                                            \
+    X(shm_cma_threshold, "MOX_SHM_CMA_THRESHOLD", MOX_CFG_SIZE, "32k",         \
+      NULL, 0, (int64_t)1 << 40,                                               \
+      "messages of at least this many bytes use single copy")                  \
+    X(spin_count, "MOX_SPIN_COUNT", MOX_CFG_INT, "200", NULL, 0, 100000000,    \
+      "progress polls before a waiting rank starts yielding the CPU")          \
+    X(alltoallv_algo, "MOX_ALLTOALLV_ALGO", MOX_CFG_ENUM, "auto",              \
+      "auto|pairwise|hier", 0, 0,                                              \
+      "alltoall(v) algorithm: pairwise (direct) or hier (two-level, one "      \
+      "message per node pair per rail)")                                       \
+    X(stats, "MOX_STATS", MOX_CFG_BOOL, "0", NULL, 0, 0,                       \
+      "print this rank's traffic counters when the communicator is "           \
+      "destroyed")
+
+typedef struct {
+#define MOX_CFG_FIELD_(field, name, type, def, choices, mn, mx, doc)           \
+    int64_t field;                                                             \
+    const char *field##_str;
+    MOX_CONFIG_TABLE(MOX_CFG_FIELD_)
+#undef MOX_CFG_FIELD_
+} mox__config_t;
+
+typedef struct {
+    const char *name;
+    mox__cfg_type_t type;
+    const char *def;
+    const char *choices;
+    int64_t min, max;
+    const char *doc;
+} mox__cfg_entry_t;
+
+/* The table, for mox_info -c. */
+extern const mox__cfg_entry_t mox__cfg_entries[];
+extern const size_t mox__cfg_count;
+
+/*
+ * Fill `cfg` from `getenv` (or from `lookup` when not NULL, for tests). A bad
+ * value fails with MOX_ERR_CONFIG and a message naming the variable and the
+ * value in errbuf. Enum fields hold the index of the choice; string fields
+ * point into the environment or the default. Unknown MOX_* variables found
+ * in `environ` (when `env` is non-NULL) are returned in *unknown (first
+ * one) so the caller can warn once.
+ */
+mox_status_t mox__config_load(mox__config_t *cfg,
+                              const char *(*lookup)(const char *name),
+                              char *errbuf, size_t errlen);
+
+/* Parse one value of the given entry; exposed for unit tests. */
+mox_status_t mox__config_parse(const mox__cfg_entry_t *e, const char *text,
+                               int64_t *out, char *errbuf, size_t errlen);
+
+/* Name of the first MOX_* variable in `envp` that is not in the table, or
+ * NULL. */
+const char *mox__config_unknown(char *const *envp);
+
+/* Parse a byte size ("64k", "8M", "1G", "4096"); -1 on malformed text. */
+int64_t mox__parse_size(const char *text);
+
+#endif

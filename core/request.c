@@ -1,0 +1,317 @@
+/* Requests, progress and waiting: the engine under every collective. */
+#include "comm.h"
+#include "log.h"
+
+#include <sched.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+int mox__progress(mox__comm_t *c)
+{
+    int events = 0;
+    for (int i = 0; i < MOX_TP_COUNT; i++) {
+        if (!c->tp[i])
+            continue;
+        int n = c->tp_ops[i]->progress(c->tp[i]);
+        if (n < 0)
+            return n;
+        events += n;
+    }
+    return events;
+}
+
+static int transport_of(const mox__comm_t *c, int peer)
+{
+    if (peer == c->rank)
+        return MOX_TP_SELF;
+    return c->topo.node_of[peer] == c->node ? MOX_TP_SHM : MOX_TP_UCX;
+}
+
+static mox_status_t route(mox__comm_t *c, int peer, int *tp)
+{
+    if (peer < 0 || peer >= c->size)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "peer rank %d is outside "
+                         "[0, %d)", peer, c->size);
+    *tp = transport_of(c, peer);
+    if (!c->tp[*tp])
+        return mox__fail(c, MOX_ERR_TRANSPORT, "no %s transport reaches "
+                         "rank %d", c->tp_ops[*tp]->name, peer);
+    return MOX_OK;
+}
+
+mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
+                        const void *buf, size_t bytes, mox__treq_t *r)
+{
+    int tp;
+    memset(r, 0, sizeof *r);
+    r->peer = peer;
+    r->is_send = 1;
+    mox_status_t st = route(c, peer, &tp);
+    if (st != MOX_OK)
+        return st;
+    if (tp == MOX_TP_UCX) {
+        c->stats.bytes_inter += bytes;
+        c->stats.msgs_inter++;
+    } else if (tp == MOX_TP_SHM) {
+        c->stats.bytes_intra += bytes;
+        c->stats.msgs_intra++;
+    }
+    st = c->tp_ops[tp]->isend(c->tp[tp], peer, tag, buf, bytes, r);
+    r->posted = st == MOX_OK;
+    if (st != MOX_OK)
+        return mox__fail(c, st, "%s send of %zu bytes to rank %d failed",
+                         c->tp_ops[tp]->name, bytes, peer);
+    return MOX_OK;
+}
+
+mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
+                        size_t capacity, mox__treq_t *r)
+{
+    int tp;
+    memset(r, 0, sizeof *r);
+    r->peer = peer;
+    mox_status_t st = route(c, peer, &tp);
+    if (st != MOX_OK)
+        return st;
+    st = c->tp_ops[tp]->irecv(c->tp[tp], peer, tag, buf, capacity, r);
+    r->posted = st == MOX_OK;
+    if (st != MOX_OK)
+        return mox__fail(c, st, "%s receive from rank %d failed",
+                         c->tp_ops[tp]->name, peer);
+    return MOX_OK;
+}
+
+mox_status_t mox__treq_check(mox__comm_t *c, const mox__treq_t *r,
+                             const char *what)
+{
+    if (r->status == MOX_OK)
+        return MOX_OK;
+    return mox__fail(c, r->status, "%s %s rank %d failed: %s", what,
+                     r->is_send ? "to" : "from", r->peer,
+                     mox_strerror(r->status));
+}
+
+mox_status_t mox__req_new(mox__comm_t *c, const char *name,
+                          struct mox_req **out)
+{
+    *out = NULL;
+    if (c->failed)
+        return mox__fail(c, MOX_ERR_COMM_FAILED, "%s: the communicator "
+                         "failed earlier (%s); destroy it", name,
+                         c->last_error);
+    struct mox_req *req = calloc(1, sizeof *req);
+    if (!req)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "%s: no memory for a request",
+                         name);
+    req->comm = c;
+    req->name = name;
+    req->seq = c->coll_seq++;
+    req->start_ns = mox__now_ns();
+    *out = req;
+    return MOX_OK;
+}
+
+static void cancel_pending(struct mox_req *req)
+{
+    mox__comm_t *c = req->comm;
+    for (size_t i = 0; i < req->ntreqs; i++) {
+        mox__treq_t *r = &req->treqs[i];
+        if (!r->posted || r->done)
+            continue;
+        int tp = transport_of(c, r->peer);
+        if (c->tp[tp] && c->tp_ops[tp]->cancel)
+            c->tp_ops[tp]->cancel(c->tp[tp], r);
+    }
+}
+
+static void unlink_active(struct mox_req *req)
+{
+    mox__comm_t *c = req->comm;
+    for (struct mox_req **p = &c->active; *p; p = &(*p)->next)
+        if (*p == req) {
+            *p = req->next;
+            break;
+        }
+}
+
+/* Finish `req` with `st`. An error mid-flight leaves peers waiting for
+ * messages that will never come, so it fails the whole communicator. */
+static void finish(struct mox_req *req, mox_status_t st)
+{
+    mox__comm_t *c = req->comm;
+    req->done = 1;
+    req->status = st;
+    unlink_active(req);
+    if (st != MOX_OK) {
+        cancel_pending(req);
+        c->failed = 1;
+        MOX_DEBUG("core", "%s (seq %llu) failed: %s", req->name,
+                  (unsigned long long)req->seq, c->last_error);
+    } else {
+        c->stats.ops++;
+    }
+    c->stats.time_ns += mox__now_ns() - req->start_ns;
+    if (req->cleanup)
+        req->cleanup(req);
+    req->cleanup = NULL;
+}
+
+/* Advance one request; returns 1 if it made a step. */
+static int step(struct mox_req *req)
+{
+    if (req->done)
+        return 0;
+    mox_status_t st = req->progress(req);
+    if (st == MOX_IN_PROGRESS)
+        return 0;
+    finish(req, st);
+    return 1;
+}
+
+mox_status_t mox__req_start(struct mox_req *req, mox_req_t *out)
+{
+    mox__comm_t *c = req->comm;
+    req->next = c->active;
+    c->active = req;
+    step(req);
+    *out = req;
+    return MOX_OK;
+}
+
+/* One round of progress over transports and every active request of the
+ * communicator (another rank may need an earlier request of ours to move
+ * before it can serve the one we wait on). Returns events seen. */
+static int progress_all(mox__comm_t *c, mox_status_t *fatal)
+{
+    int events = mox__progress(c);
+    if (events < 0) {
+        *fatal = (mox_status_t)events;
+        return 0;
+    }
+    struct mox_req *next;
+    for (struct mox_req *r = c->active; r; r = next) {
+        next = r->next;
+        events += step(r);
+    }
+    return events;
+}
+
+static void fail_active(mox__comm_t *c, mox_status_t st)
+{
+    while (c->active)
+        finish(c->active, st);
+}
+
+/* Name the peers `req` still waits for, into the communicator's error. */
+static void report_timeout(struct mox_req *req, uint64_t waited_ms)
+{
+    mox__comm_t *c = req->comm;
+    char peers[256] = "";
+    size_t n = 0, shown = 0;
+    for (size_t i = 0; i < req->ntreqs && n + 16 < sizeof peers; i++) {
+        const mox__treq_t *r = &req->treqs[i];
+        if (!r->posted || r->done)
+            continue;
+        n += (size_t)snprintf(peers + n, sizeof peers - n, "%s%d (%s)",
+                              shown ? ", " : "", r->peer,
+                              r->is_send ? "send" : "receive");
+        shown++;
+    }
+    mox__fail(c, MOX_ERR_TIMEOUT,
+              "%s: no progress for %llu ms (MOX_TIMEOUT=%lld); still waiting "
+              "for rank%s %s", req->name, (unsigned long long)waited_ms,
+              (long long)c->cfg.timeout_ms, shown == 1 ? "" : "s",
+              shown ? peers : "(none pending: a local step is stuck)");
+}
+
+mox_status_t mox_test(mox_req_t req, int *done)
+{
+    if (!req || !done)
+        return MOX_ERR_INVALID_ARG;
+    mox_status_t fatal = MOX_OK;
+    if (!req->done) {
+        progress_all(req->comm, &fatal);
+        if (fatal != MOX_OK) {
+            mox__fail(req->comm, fatal, "%s: transport failed",
+                      req->name);
+            fail_active(req->comm, fatal);
+        }
+    }
+    *done = req->done;
+    return req->done ? req->status : MOX_OK;
+}
+
+/* Idle strategy: spin, then yield, then sleep briefly, so that 8 ranks on
+ * 2 cores share the CPUs with the ranks that have work. */
+static void idle(uint64_t idle_rounds, int64_t spin_count)
+{
+    if ((int64_t)idle_rounds < spin_count)
+        return;
+    if ((int64_t)idle_rounds < spin_count + 2000) {
+        sched_yield();
+        return;
+    }
+    struct timespec ts = {0, 20000};
+    nanosleep(&ts, NULL);
+}
+
+mox_status_t mox_wait(mox_req_t req)
+{
+    if (!req)
+        return MOX_ERR_INVALID_ARG;
+    mox__comm_t *c = req->comm;
+    uint64_t last = mox__now_ns(), idle_rounds = 0;
+    const uint64_t timeout_ns = (uint64_t)c->cfg.timeout_ms * 1000000u;
+    while (!req->done) {
+        mox_status_t fatal = MOX_OK;
+        int events = progress_all(c, &fatal);
+        if (fatal != MOX_OK) {
+            mox__fail(c, fatal, "%s: transport failed", req->name);
+            fail_active(c, fatal);
+            break;
+        }
+        if (events > 0) {
+            idle_rounds = 0;
+            last = 0;
+            continue;
+        }
+        idle(++idle_rounds, c->cfg.spin_count);
+        if ((idle_rounds & 63) != 0)
+            continue;
+        uint64_t now = mox__now_ns();
+        if (last == 0)
+            last = now;
+        if (now - last > timeout_ns) {
+            report_timeout(req, (now - last) / 1000000u);
+            finish(req, MOX_ERR_TIMEOUT);
+        }
+    }
+    return req->status;
+}
+
+void mox_req_free(mox_req_t req)
+{
+    if (!req)
+        return;
+    if (!req->done) {
+        mox__fail(req->comm, MOX_ERR_INVALID_ARG,
+                  "%s freed while running; the communicator is unusable",
+                  req->name);
+        finish(req, MOX_ERR_INVALID_ARG);
+    }
+    free(req->state);
+    free(req);
+}
+
+void mox__req_free_all(mox__comm_t *c)
+{
+    /* Requests the user still holds stay allocated (they own them); we only
+     * stop them so no transport touches their buffers after destroy. */
+    while (c->active) {
+        struct mox_req *r = c->active;
+        finish(r, MOX_ERR_COMM_FAILED);
+        r->comm = c; /* still valid until the user frees it */
+    }
+}

@@ -1,0 +1,144 @@
+/*
+ * Failure behaviour, run under tools/mox-run. Each rank prints
+ * "MOXTEST error rank R: STATUS: message" when its collective fails and
+ * exits 0 when the failure it saw is the one this mode expects (check_run.py
+ * matches the lines); exits 1 when something that should fail succeeded.
+ *
+ *  --mode early-exit --victim V   rank V leaves after creation; the others
+ *                                 must fail within MOX_TIMEOUT, not hang
+ *  --mode mismatch --victim V --from F
+ *                                 V expects one element more from F than F
+ *                                 sends: V reports MOX_ERR_MISMATCH
+ *  --mode zero-recv --victim V --from F
+ *                                 V expects nothing from F, F sends data
+ *  --mode bad-args                invalid arguments get named errors and
+ *                                 leave the communicator usable
+ */
+#include "mox/mox.h"
+#include "testdata.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+
+static int me, P;
+
+static int report(mox_comm_t comm, const char *what, mox_status_t st)
+{
+    printf("MOXTEST error rank %d: %s: %s: %s\n", me, what,
+           mox_status_name(st), mox_comm_last_error(comm));
+    fflush(stdout);
+    return st != MOX_OK;
+}
+
+/* Alltoallv of 100 elements per pair, with recvcounts[from] on `victim`
+ * replaced by `victim_count` (-1: unchanged). Returns the status. */
+static mox_status_t exchange(mox_comm_t comm, int victim, int from,
+                             int64_t victim_count)
+{
+    uint64_t sc[64], sd[64], rc[64], rd[64];
+    static char sb[64 * 101 * 4], rb[64 * 101 * 4];
+    for (int j = 0; j < P; j++) {
+        sc[j] = rc[j] = 100;
+        sd[j] = rd[j] = (uint64_t)j * 101;
+        td_fill(5, 0, me, j, sb + sd[j] * 4, sc[j] * 4);
+    }
+    if (me == victim && victim_count >= 0)
+        rc[from] = (uint64_t)victim_count;
+    return mox_alltoallv(comm, sb, sc, sd, rb, rc, rd, 4);
+}
+
+static int bad_args(mox_comm_t comm)
+{
+    uint64_t c[64] = {0}, d[64] = {0};
+    char buf[16];
+    int fails = 0;
+    c[P - 1] = 3;
+    mox_status_t st = mox_alltoallv(comm, NULL, c, d, buf, c, d, 1);
+    fails += st != MOX_ERR_INVALID_ARG ||
+             !strstr(mox_comm_last_error(comm), "sendbuf is NULL");
+    report(comm, "NULL sendbuf", st);
+    st = mox_alltoallv(comm, buf, c, d, buf, c, d, 0);
+    fails += st != MOX_ERR_INVALID_ARG ||
+             !strstr(mox_comm_last_error(comm), "elem_bytes");
+    report(comm, "elem_bytes 0", st);
+    st = mox_alltoallv(comm, buf, NULL, d, buf, c, d, 1);
+    fails += st != MOX_ERR_INVALID_ARG;
+    report(comm, "NULL sendcounts", st);
+    c[0] = UINT64_MAX / 2;
+    st = mox_alltoallv(comm, buf, c, d, buf, c, d, 8);
+    fails += st != MOX_ERR_OVERFLOW ||
+             !strstr(mox_comm_last_error(comm), "sendcounts[0]");
+    report(comm, "overflowing count", st);
+    mox_topo_info_t t = {.struct_size = 8};
+    st = mox_comm_topo(comm, &t);
+    fails += st != MOX_ERR_INVALID_ARG;
+    report(comm, "small struct_size", st);
+    st = mox_comm_rank_location(comm, P, NULL, NULL);
+    fails += st != MOX_ERR_INVALID_ARG;
+    report(comm, "rank out of range", st);
+    /* The communicator still works after bad arguments. */
+    st = exchange(comm, -1, 0, -1);
+    if (st != MOX_OK) {
+        report(comm, "exchange after bad arguments", st);
+        fails++;
+    }
+    if (!fails)
+        printf("MOXTEST ok rank %d\n", me);
+    return fails != 0;
+}
+
+int main(int argc, char **argv)
+{
+    const char *mode = "";
+    int victim = -1, from = 0, c;
+    static const struct option lo[] = {{"mode", 1, 0, 'm'},
+                                       {"victim", 1, 0, 'v'},
+                                       {"from", 1, 0, 'f'},
+                                       {0, 0, 0, 0}};
+    while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
+        if (c == 'm') mode = optarg;
+        else if (c == 'v') victim = atoi(optarg);
+        else if (c == 'f') from = atoi(optarg);
+        else return 2;
+    }
+    mox_comm_t comm;
+    mox_status_t st = mox_comm_create(NULL, &comm);
+    if (st != MOX_OK)
+        return 1;
+    me = mox_comm_rank(comm);
+    P = mox_comm_size(comm);
+    if (P > 64)
+        return 2;
+    int rc = 1;
+    if (strcmp(mode, "bad-args") == 0) {
+        rc = bad_args(comm);
+    } else if (strcmp(mode, "early-exit") == 0) {
+        if (me == victim)
+            return 0; /* leave without a word, as a crashed rank would */
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        /* Several collectives: the first may still complete with the
+         * victim's messages in flight; one of them must fail. */
+        for (int i = 0; i < 5 && st == MOX_OK; i++)
+            st = exchange(comm, -1, 0, -1);
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        report(comm, "alltoallv with a dead peer", st);
+        printf("rank %d failed after %.1f s\n", me,
+               (double)(t1.tv_sec - t0.tv_sec) +
+                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        rc = st == MOX_OK;
+    } else if (strcmp(mode, "mismatch") == 0 ||
+               strcmp(mode, "zero-recv") == 0) {
+        st = exchange(comm, victim, from, mode[0] == 'm' ? 101 : 0);
+        if (st != MOX_OK)
+            report(comm, "alltoallv with mismatched counts", st);
+        /* Only the victim must fail; others may finish or fail. */
+        rc = me == victim ? st != MOX_ERR_MISMATCH : 0;
+    }
+    mox_comm_destroy(comm);
+    return rc;
+}

@@ -1,0 +1,34 @@
+/*
+ * Seeded test data that any rank can regenerate on its own: the byte that
+ * rank `src` sends to rank `dst` at offset `i` of collective `iter` is a pure
+ * function of (seed, iter, src, dst, i). Receivers check against it without
+ * trusting any other rank.
+ */
+#ifndef MOX_TOOLS_TESTDATA_H
+#define MOX_TOOLS_TESTDATA_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+/* splitmix64: a good 64-bit mixer, independent of the library under test. */
+static inline uint64_t td_mix(uint64_t x)
+{
+    x += UINT64_C(0x9e3779b97f4a7c15);
+    x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
+    x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
+    return x ^ (x >> 31);
+}
+
+/* Fill `bytes` bytes of the block src -> dst. */
+void td_fill(uint64_t seed, uint64_t iter, int src, int dst, void *buf,
+             size_t bytes);
+/* Index of the first byte that differs from td_fill's, or -1. */
+int64_t td_check(uint64_t seed, uint64_t iter, int src, int dst,
+                 const void *buf, size_t bytes);
+
+/* Elements rank src sends rank dst in a random sparse alltoallv: zero with
+ * probability `zero_pct` percent, else uniform in [1, max_count]. */
+uint64_t td_count(uint64_t seed, uint64_t iter, int src, int dst,
+                  uint64_t max_count, int zero_pct);
+
+#endif

@@ -1,0 +1,157 @@
+/*
+ * Shared-memory transport: internal types shared by its files.
+ *
+ * One segment per node, created by local rank 0 and unlinked as soon as
+ * every local rank has mapped it. It holds a small header and one channel
+ * per ordered pair (i -> j, i != j) of local ranks:
+ *
+ *   [segment header, 4 KiB]
+ *   channel (i -> j) for every i != j, in order i * (n - 1) + (j without i):
+ *     control: head (sender), tail (receiver), ack (receiver), each on its
+ *              own cache line
+ *     ring:    `slots` slots of `slot_bytes` each
+ *
+ * A message is a wire header at the start of a slot followed by payload,
+ * continuing over as many following slots as needed, so any size fits a
+ * bounded ring: the sender fills slots as they free up while the receiver
+ * drains them. Large messages (RNDV) carry only the sender's pid and
+ * address; the receiver reads them with process_vm_readv and bumps `ack`.
+ *
+ * Counters only grow; slot index = counter % slots, so no index into the
+ * segment ever depends on an unchecked value from shared memory.
+ */
+#ifndef MOX_TRANSPORTS_SHM_SHM_H
+#define MOX_TRANSPORTS_SHM_SHM_H
+
+#include <stdatomic.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+#include "core/comm.h"
+#include "core/transport.h"
+
+#define SHM_CACHE_LINE 64
+#define SHM_SEG_HDR_BYTES 4096
+#define SHM_MAGIC UINT64_C(0x6d6f782d73686d31) /* "mox-shm1" */
+/* Wire header size at the start of a message's first slot; keeps the
+ * payload cache-line aligned. */
+#define SHM_WIRE_HDR_BYTES 64
+/* process_vm_readv chunk per progress call: large enough to run at memory
+ * bandwidth, small enough that other channels get their turn. */
+#define SHM_CMA_CHUNK (4u << 20)
+/* A size no real message has; anything above it is garbage (2^48). */
+#define SHM_MAX_MSG_BYTES (UINT64_C(1) << 48)
+/* A request waiting this long makes us ask whether its peer still lives. */
+#define SHM_PEER_CHECK_NS (100u * 1000u * 1000u)
+
+enum { SHM_KIND_EAGER = 1, SHM_KIND_RNDV = 2 };
+
+_Static_assert(ATOMIC_LLONG_LOCK_FREE == 2,
+               "shm needs lock-free 64-bit atomics across processes");
+
+/* Written once by the creator, checked by every opener. */
+typedef struct {
+    uint64_t magic;
+    uint64_t local_size;
+    uint64_t slots;
+    uint64_t slot_bytes;
+    uint64_t total_bytes;
+} shm_seg_hdr_t;
+
+typedef struct {
+    _Alignas(SHM_CACHE_LINE) _Atomic uint64_t head; /* slots published */
+    _Alignas(SHM_CACHE_LINE) _Atomic uint64_t tail; /* slots consumed */
+    _Alignas(SHM_CACHE_LINE) _Atomic uint64_t ack;  /* RNDV reads done */
+    _Alignas(SHM_CACHE_LINE) char ring[];
+} shm_chan_t;
+
+/* At the start of a message's first slot. */
+typedef struct {
+    uint64_t tag;
+    uint64_t bytes;
+    uint64_t addr; /* RNDV: sender's buffer */
+    uint64_t seq;  /* messages sent before this one on the channel */
+    uint32_t kind;
+    int32_t pid; /* RNDV: sender's pid */
+} shm_wire_hdr_t;
+
+_Static_assert(sizeof(shm_wire_hdr_t) <= SHM_WIRE_HDR_BYTES, "wire header");
+
+/* An intrusive FIFO of caller-owned requests (linked via tp_priv[0]). */
+typedef struct {
+    mox__treq_t *head, *tail;
+} shm_queue_t;
+
+/* This rank's view of one local peer. */
+typedef struct {
+    int rank;   /* rank in the communicator */
+    pid_t pid;
+    shm_chan_t *out; /* we send, they receive */
+    shm_chan_t *in;  /* they send, we receive */
+
+    /* Send side. sendq's head is being streamed; ackq waits for RNDV acks. */
+    shm_queue_t sendq, ackq;
+    uint64_t s_head, s_tail_seen; /* our head; last tail we read */
+    uint64_t s_msgs, s_rndv;      /* messages, RNDV messages posted */
+    uint64_t s_off;               /* payload bytes of sendq.head written */
+    int s_started;                /* its header is in the ring */
+    mox_status_t s_failed;        /* send side closed (cancel, peer gone) */
+
+    /* Receive side: posted receives, and the message being delivered. */
+    shm_queue_t recvq;
+    uint64_t r_tail, r_head_seen;
+    uint64_t r_msgs, r_acks;
+    int r_active;      /* a message is being delivered (or discarded) */
+    mox__treq_t *r_req; /* its receive; NULL when discarding */
+    shm_wire_hdr_t r_hdr;
+    uint64_t r_off;    /* payload bytes consumed */
+
+    mox_status_t failed; /* MOX_OK, or why every request to it fails */
+    int dead;            /* process gone: drain what it left, then fail */
+    uint64_t stalled_since_ns;
+} shm_peer_t;
+
+struct mox__transport {
+    mox__comm_t *comm;
+    void *seg;
+    size_t seg_bytes;
+    uint64_t slots, slot_bytes;
+    int cma;                 /* single copy agreed node-wide */
+    uint64_t cma_threshold;
+    int local_rank, local_size;
+    shm_peer_t *peers;       /* [local_size]; our own entry unused */
+    uint64_t probe_word;     /* read by a neighbour to test CMA */
+    unsigned idle_polls;
+};
+
+/* shm_setup.c */
+mox_status_t shm_create(mox__comm_t *comm, mox__transport_t **tp);
+void shm_destroy(mox__transport_t *tp);
+size_t shm_chan_bytes(uint64_t slots, uint64_t slot_bytes);
+shm_chan_t *shm_chan_at(void *seg, uint64_t slots, uint64_t slot_bytes,
+                        int local_size, int from, int to);
+
+/* shm_ring.c: move bytes between requests and channels. Each returns the
+ * number of requests it completed. */
+int shm_push_sends(mox__transport_t *tp, shm_peer_t *p);
+int shm_poll_acks(mox__transport_t *tp, shm_peer_t *p);
+int shm_drain(mox__transport_t *tp, shm_peer_t *p);
+
+/* shm.c: request bookkeeping used by the ring code. */
+void shm_q_push(shm_queue_t *q, mox__treq_t *r);
+mox__treq_t *shm_q_pop(shm_queue_t *q);
+int shm_q_remove(shm_queue_t *q, mox__treq_t *r);
+/* Unlink and return the first request with `tag`, or NULL. */
+mox__treq_t *shm_q_take_tag(shm_queue_t *q, uint64_t tag);
+void shm_req_done(mox__treq_t *r, mox_status_t st, size_t bytes);
+int shm_peer_fail(shm_peer_t *p, mox_status_t st);
+
+/* Fields of a request while the transport owns it. */
+#define SHM_REQ_BUF(r) ((r)->tp_priv[1])
+#define SHM_REQ_TAG(r) ((r)->tp_u64[0])
+#define SHM_REQ_LEN(r) ((r)->tp_u64[1])  /* bytes (send) or capacity */
+#define SHM_REQ_ACK(r) ((r)->tp_u64[2])  /* RNDV: ack count that ends it */
+#define SHM_REQ_PEER(r) ((r)->tp_u64[3]) /* local rank of the peer */
+
+#endif
