@@ -217,7 +217,7 @@ static void root_greet(tcp_state_t *s, mox__boot_t *b, int fd,
     if (st != MOX_OK) {
         snprintf(refusal, refusal_len, "%s sent no complete hello (%s)", peer,
                  st == MOX_ERR_TIMEOUT ? "timed out" : "connection closed");
-        MOX_ERROR("boot", "bootstrap: refused %s", refusal);
+        MOX_ERROR("boot", "bootstrap: dropped joiner %s", refusal);
         close(fd);
         return;
     }
@@ -226,11 +226,15 @@ static void root_greet(tcp_state_t *s, mox__boot_t *b, int fd,
     memcpy(answer, "MOXA", 4);
     btcp_put_u32(answer + 4, verdict);
     /* Best effort: a joiner that vanished now is caught by the allgather. */
-    btcp_send_all(fd, answer, sizeof(answer), deadline, &err);
-    if (verdict != VERDICT_WELCOME) {
+    btcp_send_all(fd, answer, sizeof(answer), hello_deadline, &err);
+    if (verdict == VERDICT_BAD_MAGIC) { /* the rest is not ours to read */
+        snprintf(refusal, refusal_len, "%s: %s", peer, verdict_text(verdict));
+    } else if (verdict != VERDICT_WELCOME) {
         snprintf(refusal, refusal_len, "%s (claims rank %u of %u): %s", peer,
                  btcp_get_u32(h + 8), btcp_get_u32(h + 12),
                  verdict_text(verdict));
+    }
+    if (verdict != VERDICT_WELCOME) {
         MOX_ERROR("boot", "bootstrap: refused joiner %s", refusal);
         close(fd);
         return;

@@ -153,19 +153,25 @@ int main(int argc, char **argv)
         fprintf(stderr, "mox_comm_create: %s\n", err);
         return 1;
     }
-    uint64_t moved = 0;
-    int bad = 0;
+    uint64_t moved = 0, job_bytes = 0;
+    int bad = 0, P = mox_comm_size(comm);
+    /* Every rank computes the job's total from the seed, so all ranks agree
+     * on the number of iterations. */
     for (uint64_t it = 0; !bad && (it < o.iters || (o.min_total_bytes &&
-                                   moved * (uint64_t)mox_comm_size(comm) <
-                                       o.min_total_bytes));
-         it++)
+                                   job_bytes < o.min_total_bytes));
+         it++) {
         bad = run_iter(comm, &o, it, &moved);
+        for (int s = 0; s < P; s++)
+            for (int d = 0; d < P; d++)
+                job_bytes += count_of(&o, it, s, d) * (uint64_t)o.elem_bytes;
+    }
     mox_stats_t s = {.struct_size = sizeof s};
     mox_comm_stats(comm, &s);
     if (!bad)
         printf("MOXTEST ok rank %d sent_payload %" PRIu64 " inter_bytes %"
-               PRIu64 " intra_bytes %" PRIu64 "\n", mox_comm_rank(comm),
-               moved, s.bytes_inter, s.bytes_intra);
+               PRIu64 " intra_bytes %" PRIu64 " job_bytes %" PRIu64 "\n",
+               mox_comm_rank(comm), moved, s.bytes_inter, s.bytes_intra,
+               job_bytes);
     mox_comm_destroy(comm);
     return bad;
 }

@@ -155,7 +155,8 @@ static mox_status_t open_worker(mox__transport_t *tp, ucp_address_t **addr,
  * lengths, so the bootstrap calls line up even when one rank failed. */
 static mox_status_t exchange_addresses(mox__transport_t *tp,
                                        const ucp_address_t *addr,
-                                       uint32_t my_len, const char *why)
+                                       uint32_t my_len, mox_status_t local,
+                                       const char *why)
 {
     mox__comm_t *c = tp->comm;
     char err[256] = "";
@@ -164,16 +165,15 @@ static mox_status_t exchange_addresses(mox__transport_t *tp,
     if (st != MOX_OK)
         return mox__fail(c, st, "ucx: address length exchange: %s", err);
 
+    if (local != MOX_OK) /* report our own failure before anyone else's */
+        return mox__fail(c, local, "ucx: %s", why);
     uint32_t max_len = 0;
     for (int r = 0; r < c->size; r++) {
         uint32_t len = tp->addr_len[r];
-        if (len == 0 || len > UCXT_MAX_ADDR_BYTES) {
-            if (r == c->rank)
-                return mox__fail(c, MOX_ERR_TRANSPORT, "ucx: %s", why);
+        if (len == 0 || len > UCXT_MAX_ADDR_BYTES)
             return mox__fail(c, MOX_ERR_TRANSPORT,
                              "ucx: rank %d could not start UCX (address "
                              "length %u; see that rank's log)", r, len);
-        }
         if (len > max_len)
             max_len = len;
     }
@@ -233,9 +233,7 @@ static mox_status_t ucxt_create(mox__comm_t *c, mox__transport_t **out)
         free(scratch);
         st = mox__fail(c, MOX_ERR_NO_MEMORY, "ucx: %s", why);
     } else {
-        st = exchange_addresses(tp, addr, my_len, why);
-        if (st == MOX_OK && local != MOX_OK)
-            st = mox__fail(c, local, "ucx: %s", why);
+        st = exchange_addresses(tp, addr, my_len, local, why);
     }
     if (addr != NULL)
         ucp_worker_release_address(tp->worker, addr);
