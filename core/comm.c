@@ -28,6 +28,7 @@ mox_status_t mox__fail(mox__comm_t *c, mox_status_t st, const char *fmt, ...)
     va_start(ap, fmt);
     vsnprintf(c->last_error, sizeof c->last_error, fmt, ap);
     va_end(ap);
+    c->nfail++;
     MOX_DEBUG("core", "%s: %s", mox_status_name(st), c->last_error);
     return st;
 }

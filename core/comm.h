@@ -48,6 +48,8 @@ struct mox_comm {
     struct mox_req *active; /* requests not yet finished, for progress */
 
     char last_error[768];
+    uint64_t nfail;         /* mox__fail calls, to tell whether a callee
+                               already left a message */
 };
 
 typedef struct mox_comm mox__comm_t;
