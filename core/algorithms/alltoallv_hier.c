@@ -20,6 +20,7 @@
  */
 #include "core/comm.h"
 #include "core/wire.h"
+#include "core/a2a_plan.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -188,7 +189,7 @@ static mox_status_t scatter_node(mox__comm_t *c, hier_t *s, int b,
 {
     const mox__treq_t *r = &s->net_recv[b];
     int Lb = mox__topo_local_size(&c->topo, b);
-    int agg = mox__topo_rank_at(&c->topo, b, s->me_local % Lb);
+    int agg = mox__a2a_aggregator(&c->topo, b, c->rank);
     size_t cap = s->netin_off[b + 1] - s->netin_off[b];
     if (r->status == MOX_ERR_TRUNCATED)
         return mox__fail(c, MOX_ERR_MISMATCH, "alltoallv: ranks of node %d "
@@ -276,20 +277,9 @@ static mox_status_t progress(struct mox_req *req)
     return st;
 }
 
-/* Group remote ranks by the aggregator (local index) that serves them. */
 static void build_dest_lists(const mox__comm_t *c, hier_t *s)
 {
-    for (int d = 0; d < s->P; d++)
-        if (c->topo.node_of[d] != s->my_node)
-            s->dest_off[c->topo.local_of[d] % s->L + 1]++;
-    for (int a = 0; a < s->L; a++)
-        s->dest_off[a + 1] += s->dest_off[a];
-    int fill[s->L];
-    for (int a = 0; a < s->L; a++)
-        fill[a] = s->dest_off[a];
-    for (int d = 0; d < s->P; d++)
-        if (c->topo.node_of[d] != s->my_node)
-            s->dests[fill[c->topo.local_of[d] % s->L]++] = d;
+    mox__a2a_rail_plan(&c->topo, s->my_node, s->dest_off, s->dests);
     s->serve = s->dests + s->dest_off[s->me_local];
     s->nserve = s->dest_off[s->me_local + 1] - s->dest_off[s->me_local];
 }
@@ -350,8 +340,7 @@ static mox_status_t post_initial(struct mox_req *req, hier_t *s,
     for (int b = 0; b < s->N && st == MOX_OK; b++) {
         if (b == s->my_node)
             continue;
-        int Lb = mox__topo_local_size(&c->topo, b);
-        int agg = mox__topo_rank_at(&c->topo, b, s->me_local % Lb);
+        int agg = mox__a2a_aggregator(&c->topo, b, c->rank);
         st = mox__irecv(c, agg, mox__tag(req->seq, STEP_NET),
                         s->netin + s->netin_off[b],
                         s->netin_off[b + 1] - s->netin_off[b], &s->net_recv[b]);

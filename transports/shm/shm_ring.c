@@ -116,7 +116,8 @@ int shm_push_sends(mox__transport_t *tp, shm_peer_t *p)
     for (uint64_t budget = tp->slots; budget > 0 && p->sendq.head; budget--) {
         int room = ring_has_room(tp, p);
         if (room < 0)
-            return done + protocol_error(p, "tail counter", p->s_tail_seen);
+            return done + protocol_error(p, "tail counter",
+                                         atomic_load(&p->out->tail));
         if (!room)
             break;
         mox__treq_t *r = p->sendq.head;
@@ -199,7 +200,11 @@ static int begin_message(mox__transport_t *tp, shm_peer_t *p, int *done)
     memcpy(&h, slot_at(tp, p->in, p->r_tail), sizeof h);
     const char *bad = bad_header(tp, p, &h);
     if (bad) {
-        *done += protocol_error(p, bad, h.seq);
+        MOX_ERROR("shm", "bad %s in message %llu from rank %d: kind %u, "
+                  "%llu bytes, seq %llu", bad, (unsigned long long)p->r_msgs,
+                  p->rank, h.kind, (unsigned long long)h.bytes,
+                  (unsigned long long)h.seq);
+        *done += shm_peer_fail(p, MOX_ERR_PROTOCOL);
         return -1;
     }
     mox__treq_t *r = shm_q_take_tag(&p->recvq, h.tag);
@@ -304,7 +309,8 @@ int shm_drain(mox__transport_t *tp, shm_peer_t *p)
         }
         int avail = ring_has_data(tp, p);
         if (avail < 0)
-            return done + protocol_error(p, "head counter", p->r_head_seen);
+            return done + protocol_error(p, "head counter",
+                                     atomic_load(&p->in->head));
         if (!avail)
             break;
         if (p->r_active) {
