@@ -65,6 +65,8 @@ struct mox_req {
     const char *name;       /* "alltoallv_hier" */
     int done;
     mox_status_t status;
+    int agreed_error;       /* every rank saw the same error and nothing is
+                               in flight: the communicator stays usable */
     uint64_t seq;
     uint64_t start_ns;
     mox_status_t (*progress)(struct mox_req *req);

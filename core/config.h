@@ -67,6 +67,15 @@ typedef enum {
       "auto|pairwise|hier", 0, 0,                                              \
       "alltoall(v) algorithm: pairwise (direct) or hier (two-level, one "      \
       "message per node pair per rail)")                                       \
+    X(moe_algo, "MOX_MOE_ALGO", MOX_CFG_ENUM, "auto",                          \
+      "auto|dedup|alltoallv|allgather", 0, 0,                                  \
+      "MoE dispatch/combine algorithm when the handle's config says "          \
+      "DEFAULT; auto = dedup with several nodes, else alltoallv")              \
+    X(moe_wire, "MOX_MOE_WIRE", MOX_CFG_ENUM, "native", "native|bf16|fp8", 0,  \
+      0, "MoE dispatch wire format when the handle's config says DEFAULT")     \
+    X(moe_combine_wire, "MOX_MOE_COMBINE_WIRE", MOX_CFG_ENUM, "f32",           \
+      "f32|bf16", 0, 0,                                                        \
+      "MoE combine wire format when the handle's config says DEFAULT")         \
     X(stats, "MOX_STATS", MOX_CFG_BOOL, "0", NULL, 0, 0,                       \
       "print this rank's traffic counters when the communicator is "           \
       "destroyed")

@@ -149,7 +149,8 @@ static void finish(struct mox_req *req, mox_status_t st)
     unlink_active(req);
     if (st != MOX_OK) {
         cancel_pending(req);
-        c->failed = 1;
+        if (!req->agreed_error || st == MOX_ERR_TIMEOUT)
+            c->failed = 1;
         MOX_DEBUG("core", "%s (seq %llu) failed: %s", req->name,
                   (unsigned long long)req->seq, c->last_error);
     } else {

@@ -74,6 +74,17 @@ MOX_API const char *mox_status_name(mox_status_t status);
 /* Runtime version: "MAJOR.MINOR.PATCH"; *major etc. may be NULL. */
 MOX_API const char *mox_version(int *major, int *minor, int *patch);
 
+/* Element types. Values are part of the ABI and never change. */
+typedef enum {
+    MOX_DTYPE_U8 = 0,
+    MOX_DTYPE_I32 = 1,
+    MOX_DTYPE_I64 = 2,
+    MOX_DTYPE_F16 = 3,  /* IEEE binary16 */
+    MOX_DTYPE_BF16 = 4, /* bfloat16 */
+    MOX_DTYPE_F32 = 5,
+    MOX_DTYPE_F64 = 6
+} mox_dtype_t;
+
 /* ------------------------------------------------------------------ */
 /* Logging                                                             */
 
@@ -234,6 +245,160 @@ MOX_API mox_status_t mox_alltoallv(mox_comm_t comm, const void *sendbuf,
                                    const uint64_t *recvcounts,
                                    const uint64_t *rdispls,
                                    size_t elem_bytes);
+
+/* ------------------------------------------------------------------ */
+/* MoE expert parallelism: dispatch and combine                        */
+/*
+ * Every rank holds num_tokens tokens of `hidden` values and, per token, the
+ * router's top-k: topk_idx[t][j] is a global expert id in [0, num_experts)
+ * or -1 for "no expert", topk_weights[t][j] its weight. Experts are spread
+ * evenly: rank r owns experts [r*E/P, (r+1)*E/P). Dispatch delivers every
+ * token to every rank owning one of its experts; combine brings the
+ * experts' outputs back and sums them into the token's slot.
+ *
+ * With the dedup algorithm a token whose experts sit on several ranks of one
+ * remote node crosses the network to that node once, to the rail peer
+ * (same local rank), which forwards it through shared memory; combine sums
+ * the partial outputs inside that node in f32 before the one trip back.
+ *
+ * Received order (deterministic): by source rank, then source token index.
+ * A token appears once per destination rank, however many of its experts
+ * that rank owns.
+ */
+
+/* Wire formats of dispatched hidden vectors. */
+typedef enum {
+    MOX_MOE_WIRE_DEFAULT = -1, /* MOX_MOE_WIRE (default native) */
+    MOX_MOE_WIRE_NATIVE = 0,   /* x_dtype as given: bit-exact */
+    MOX_MOE_WIRE_BF16 = 1,     /* bf16 (f32 input rounded to nearest even) */
+    MOX_MOE_WIRE_FP8 = 2,      /* fp8 e4m3, one f32 scale per 128 values;
+                                  dispatch only */
+    MOX_MOE_WIRE_F32 = 3       /* f32; combine only (the default there) */
+} mox_moe_wire_t;
+
+typedef enum {
+    MOX_MOE_ALGO_DEFAULT = -1, /* MOX_MOE_ALGO (default auto) */
+    MOX_MOE_ALGO_AUTO = 0,     /* dedup when nodes > 1, else alltoallv */
+    MOX_MOE_ALGO_DEDUP = 1,    /* one network copy per (token, node) */
+    MOX_MOE_ALGO_ALLTOALLV = 2,/* one copy per (token, rank): the baseline */
+    MOX_MOE_ALGO_ALLGATHER = 3 /* every rank gets every token and keeps its
+                                  own: for tiny batches */
+} mox_moe_algo_t;
+
+typedef struct {
+    size_t struct_size;     /* sizeof(mox_moe_config_t) */
+    int num_experts;        /* E, a multiple of the communicator size */
+    int hidden;             /* H, values per token (>= 1) */
+    int topk;               /* k, experts per token (1..1024) */
+    mox_dtype_t x_dtype;    /* MOX_DTYPE_F32, BF16 or F16 */
+    mox_dtype_t idx_dtype;  /* MOX_DTYPE_I32 or I64 */
+    int expert_alignment;   /* pad per-expert receive counts to a multiple
+                               of this (grouped GEMM); 0 or 1 = none */
+    int dispatch_wire;      /* mox_moe_wire_t: DEFAULT, NATIVE, BF16, FP8 */
+    int combine_wire;       /* mox_moe_wire_t: DEFAULT (f32), F32, BF16 */
+    int algo;               /* mox_moe_algo_t */
+} mox_moe_config_t;
+
+typedef struct mox_moe *mox_moe_t;
+
+/*
+ * Create a dispatch/combine handle. Collective over `comm`: every rank
+ * passes the same configuration, which is checked (MOX_ERR_MISMATCH names
+ * the first rank and field that differ). The handle caches plans and
+ * buffers across calls with the same shapes. Errors: MOX_ERR_INVALID_ARG
+ * (a field out of range, num_experts not divisible by the size),
+ * MOX_ERR_MISMATCH, MOX_ERR_NO_MEMORY, and communication errors.
+ */
+MOX_API mox_status_t mox_moe_create(mox_comm_t comm,
+                                    const mox_moe_config_t *config,
+                                    mox_moe_t *moe);
+/* Destroy; NULL accepted. Not collective. */
+MOX_API void mox_moe_destroy(mox_moe_t moe);
+
+/*
+ * Routing layout of this rank's tokens, computed locally without
+ * communication. Any output may be NULL. tokens_per_rank[size]: tokens that
+ * go to each rank; tokens_per_node[num_nodes]: tokens that go to each node;
+ * tokens_per_expert[num_experts]: (token, expert) pairs per expert;
+ * is_token_in_rank[num_tokens * size]: 1 when the token goes to the rank.
+ * Errors: MOX_ERR_INVALID_ARG naming the token and slot of an expert id out
+ * of range or repeated within a token.
+ */
+MOX_API mox_status_t mox_moe_layout(mox_moe_t moe, const void *topk_idx,
+                                    int64_t num_tokens,
+                                    uint64_t *tokens_per_rank,
+                                    uint64_t *tokens_per_node,
+                                    uint64_t *tokens_per_expert,
+                                    uint8_t *is_token_in_rank);
+
+/* This rank's input to dispatch. Buffers are read until the request is
+ * done. x is [num_tokens][hidden] of x_dtype; topk_idx [num_tokens][topk]
+ * of idx_dtype; topk_weights [num_tokens][topk]. */
+typedef struct {
+    size_t struct_size;
+    int64_t num_tokens;
+    const void *x;
+    const void *topk_idx;
+    const float *topk_weights;
+} mox_moe_input_t;
+
+/* Where dispatch writes. `capacity` rows fit in each buffer; optional
+ * outputs may be NULL. */
+typedef struct {
+    size_t struct_size;
+    uint64_t capacity;
+    void *recv_x;              /* [capacity][hidden] x_dtype */
+    int32_t *recv_topk_idx;    /* [capacity][topk] local expert id (global id
+                                  - rank*E/P) or -1 for experts elsewhere */
+    float *recv_topk_weights;  /* [capacity][topk], 0 where the id is -1 */
+    int32_t *recv_src;         /* [capacity][2]: source rank, token index */
+    uint64_t *recv_per_expert; /* [E/P] rows per local expert, rounded up to
+                                  expert_alignment */
+    uint64_t num_recv;         /* out: rows received, valid when done */
+} mox_moe_output_t;
+
+/*
+ * Optional first step: route and exchange counts (nonblocking). When done,
+ * mox_moe_recv_count() tells how many rows dispatch will deliver, so the
+ * caller can size its buffers; the next mox_moe_idispatch() must pass the
+ * same input and skips this step.
+ */
+MOX_API mox_status_t mox_moe_inotify(mox_moe_t moe, const mox_moe_input_t *in,
+                                     mox_req_t *req);
+/* Rows the notified dispatch will deliver, and rows per local expert
+ * (padded as recv_per_expert; `per_expert` may be NULL). */
+MOX_API mox_status_t mox_moe_recv_count(mox_moe_t moe, uint64_t *num_recv,
+                                        uint64_t *per_expert);
+
+/*
+ * Dispatch (nonblocking). Without a preceding mox_moe_inotify it notifies
+ * first. When the rows to receive exceed out->capacity, the data is still
+ * exchanged (peers stay in step) but nothing is written: the request ends
+ * with MOX_ERR_OVERFLOW naming the rows needed, and the communicator stays
+ * usable. A bad expert id anywhere (out of range, repeated within a token)
+ * is MOX_ERR_INVALID_ARG before anything is sent.
+ */
+MOX_API mox_status_t mox_moe_idispatch(mox_moe_t moe,
+                                       const mox_moe_input_t *in,
+                                       mox_moe_output_t *out,
+                                       mox_req_t *req);
+MOX_API mox_status_t mox_moe_dispatch(mox_moe_t moe,
+                                      const mox_moe_input_t *in,
+                                      mox_moe_output_t *out);
+
+/*
+ * Combine (nonblocking), the reverse of the last successful dispatch on
+ * `moe`. expert_out is [num_recv][hidden] of x_dtype in received order: row
+ * r is this rank's result for received row r, already weighted by the
+ * caller (sum over its local experts e of recv_topk_weights * expert_e(x)).
+ * out is [num_tokens][hidden] of x_dtype of that dispatch's input: the sum
+ * over ranks of their rows for each token, accumulated in f32 in a fixed
+ * order (bitwise reproducible), zeros for tokens with no expert.
+ */
+MOX_API mox_status_t mox_moe_icombine(mox_moe_t moe, const void *expert_out,
+                                      void *out, mox_req_t *req);
+MOX_API mox_status_t mox_moe_combine(mox_moe_t moe, const void *expert_out,
+                                     void *out);
 
 /* ------------------------------------------------------------------ */
 /* Statistics                                                          */

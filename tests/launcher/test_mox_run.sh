@@ -51,7 +51,7 @@ IS_ROOT=0
 section "help and argument errors"
 "$MOXRUN" --help >"$TMP/help.out" 2>&1
 check "--help exits 0" [ $? = 0 ]
-for w in -n --nodes --node-sizes --link-rate --timeout --link-stats --env \
+for w in -n --nodes --node-sizes --link-rate --timeout --link-stats --env --mpi \
          MOX_RANK MOX_SIZE MOX_LOCAL_RANK MOX_LOCAL_SIZE MOX_ROOT_ADDR MOX_JOB_SECRET \
          MOX_JOB_ID MOX_NODE_ID MOX_NET_DEVICES MOX_NET_TLS; do
     check "--help mentions $w" grep -q -- "$w" "$TMP/help.out"
@@ -406,6 +406,101 @@ assert n[0]['tx_bytes'] < $BYTES and n[1]['rx_bytes'] < $BYTES, d
     done
     check "concurrent runs cleaned up" sh -c "[ -z \"\$(ip netns list | grep -E '^moxr($P1|$P2)n')\" ]"
     [ $FAILS = 0 ] || { show c1; show c2; }
+
+    section "--mpi: one mpirun, ranks in their node's namespaces"
+    if ! command -v mpirun >/dev/null || ! command -v mpicc >/dev/null; then
+        echo "SKIP: --mpi tests need Open MPI (mpirun, mpicc)"
+    else
+        # a trivial MPI program: where am I, how many ranks share my node
+        # (MPI_COMM_TYPE_SHARED), and a checked 1 MiB MPI_Bcast from rank 0
+        cat >"$TMP/mpihello.c" <<'EOC'
+#include <mpi.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <unistd.h>
+static void ns(const char *path, char *out, size_t len)
+{
+    ssize_t k = readlink(path, out, len - 1);
+    out[k > 0 ? k : 0] = 0;
+}
+int main(int argc, char **argv)
+{
+    int r, n, ls, hl;
+    char net[64], ipc[64], host[MPI_MAX_PROCESSOR_NAME];
+    MPI_Comm node;
+    MPI_Init(&argc, &argv);
+    MPI_Comm_rank(MPI_COMM_WORLD, &r);
+    MPI_Comm_size(MPI_COMM_WORLD, &n);
+    MPI_Get_processor_name(host, &hl);
+    MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, 0, MPI_INFO_NULL, &node);
+    MPI_Comm_size(node, &ls);
+    ns("/proc/self/ns/net", net, sizeof net);
+    ns("/proc/self/ns/ipc", ipc, sizeof ipc);
+    int len = 1 << 20;
+    long bad = 0;
+    unsigned char *b = malloc(len);
+    for (int i = 0; i < len; i++)
+        b[i] = r == 0 ? (unsigned char)(i * 7 + 3) : 0;
+    MPI_Bcast(b, len, MPI_BYTE, 0, MPI_COMM_WORLD);
+    for (int i = 0; i < len; i++)
+        bad += b[i] != (unsigned char)(i * 7 + 3);
+    printf("M %d %d %s %s %s %d %ld\n", r, n, net, ipc, host, ls, bad);
+    MPI_Finalize();
+    return 0;
+}
+EOC
+        mpicc -o "$TMP/mpihello" "$TMP/mpihello.c" 2>"$TMP/mpicc.err"
+        check "trivial MPI program compiles" [ -x "$TMP/mpihello" ]
+        "$MOXRUN" --mpi --timeout 60 -n 4 --nodes 2 --link-stats "$TMP/mpi.json" -- "$TMP/mpihello" \
+            >"$TMP/mpi.out" 2>"$TMP/mpi.err" &
+        P=$!; BGPIDS+=($P)
+        wait $P; RC=$?
+        check "--mpi --nodes 2 -n 4 rc 0 (got $RC)" [ $RC = 0 ]
+        mfield() { grep "^\[$1\] M $1 " "$TMP/mpi.out" | awk -v f=$2 '{print $f}'; }
+        for r in 0 1 2 3; do
+            check "--mpi: rank $r prints once with its [RANK] prefix, size 4" \
+                [ "$(grep -c "^\[$r\] M $r 4 " "$TMP/mpi.out")" = 1 ]
+            check "--mpi: rank $r received the 1 MiB broadcast intact" [ "$(mfield $r 9)" = 0 ]
+            check "--mpi: rank $r: MPI sees 2 ranks on its node (got $(mfield $r 8))" [ "$(mfield $r 8)" = 2 ]
+            check "--mpi: rank $r runs on host moxr${P}n$((r / 2)) (got $(mfield $r 7))" \
+                [ "$(mfield $r 7)" = "moxr${P}n$((r / 2))" ]
+        done
+        check "--mpi: ranks of a node share its network namespace, nodes differ" \
+            [ -n "$(mfield 0 5)" -a "$(mfield 0 5)" = "$(mfield 1 5)" -a "$(mfield 2 5)" = "$(mfield 3 5)" \
+              -a "$(mfield 0 5)" != "$(mfield 2 5)" -a "$(mfield 0 5)" != "$(readlink /proc/self/ns/net)" ]
+        check "--mpi: ranks of a node share an IPC namespace of their own" \
+            [ -n "$(mfield 0 6)" -a "$(mfield 0 6)" = "$(mfield 1 6)" -a "$(mfield 2 6)" = "$(mfield 3 6)" \
+              -a "$(mfield 0 6)" != "$(mfield 2 6)" -a "$(mfield 0 6)" != "$(readlink /proc/self/ns/ipc)" ]
+        check "--mpi: the broadcast crossed the link (--link-stats)" $PY -c "
+import json; d = json.load(open('$TMP/mpi.json'))
+assert d['emulated'] is True and d['nodes'][1]['rx_bytes'] >= 1 << 20, d"
+        check "--mpi: namespaces gone, no process left in them" gone $P
+        check "--mpi: no hostfile left" [ -z "$(ls /tmp | grep "^mox-run-$P-")" ]
+        [ $FAILS = 0 ] || show mpi
+
+        "$MOXRUN" --mpi --timeout 60 -n 4 --nodes 2 -- sh -c \
+            'if [ $OMPI_COMM_WORLD_RANK = 3 ]; then sleep 0.5; exit 3; fi; sleep 30' \
+            >"$TMP/mpifail.out" 2>"$TMP/mpifail.err" &
+        P=$!; BGPIDS+=($P)
+        t=$(now); wait $P; RC=$?; el=$(elapsed_since "$t")
+        check "--mpi: a rank exits 3 -> 3 (got $RC)" [ $RC = 3 ]
+        check "--mpi: failure ends the run quickly (${el}s < 15s)" lt "$el" 15
+        check "--mpi: namespaces gone after a failure" gone $P
+        t=$(now)
+        "$MOXRUN" --mpi --timeout 2 -n 4 --nodes 2 -- sleep $MARK.9 >"$TMP/mpito.out" 2>"$TMP/mpito.err" &
+        P=$!; BGPIDS+=($P)
+        wait $P; RC=$?; el=$(elapsed_since "$t")
+        check "--mpi: --timeout -> 124 (got $RC)" [ $RC = 124 ]
+        check "--mpi: timeout ends the run quickly (${el}s < 12s)" lt "$el" 12
+        check "--mpi: namespaces gone after a timeout" gone $P
+        check "--mpi: ranks gone after a timeout" sh -c "! pgrep -f '^sleep $MARK.9' >/dev/null"
+        "$MOXRUN" --mpi --timeout 60 -n 2 -- sh -c 'echo "S $OMPI_COMM_WORLD_RANK $OMPI_COMM_WORLD_SIZE"' \
+            >"$TMP/mpi1.out" 2>"$TMP/mpi1.err"
+        RC=$?
+        check "--mpi on one node: plain local mpirun, rc 0 (got $RC)" [ $RC = 0 ]
+        check "--mpi on one node: both ranks, prefixed" \
+            [ "$(sort "$TMP/mpi1.out" | tr '\n' ' ')" = "[0] S 0 2 [1] S 1 2 " ]
+    fi
 fi
 
 # ---------------------------------------------------------------------------

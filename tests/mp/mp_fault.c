@@ -6,6 +6,9 @@
  *
  *  --mode early-exit --victim V   rank V leaves after creation; the others
  *                                 must fail within MOX_TIMEOUT, not hang
+ *  --mode stall --victim V        rank V stays alive but never calls the
+ *                                 collective: the others fail with
+ *                                 MOX_ERR_TIMEOUT naming V, then V leaves
  *  --mode mismatch --victim V --from F
  *                                 V expects one element more from F than F
  *                                 sends: V reports MOX_ERR_MISMATCH
@@ -23,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
+#include <unistd.h>
 
 static int me, P;
 
@@ -131,6 +135,14 @@ int main(int argc, char **argv)
                (double)(t1.tv_sec - t0.tv_sec) +
                    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
         rc = st == MOX_OK;
+    } else if (strcmp(mode, "stall") == 0) {
+        if (me == victim) {
+            sleep(12); /* bounded: longer than the others' MOX_TIMEOUT */
+            return 0;
+        }
+        st = exchange(comm, -1, 0, -1);
+        report(comm, "alltoallv with a stalled peer", st);
+        rc = st != MOX_ERR_TIMEOUT;
     } else if (strcmp(mode, "mismatch") == 0 ||
                strcmp(mode, "zero-recv") == 0) {
         st = exchange(comm, victim, from, mode[0] == 'm' ? 101 : 0);

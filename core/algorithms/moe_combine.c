@@ -1,0 +1,337 @@
+/*
+ * MoE combine: the reverse of the last dispatch.
+ *
+ * Each rank returns its rows (already weighted by the caller) along the path
+ * the tokens came: straight to the source for direct deliveries, or to the
+ * rail peer that forwarded them (dedup). The rail peer sums, in f32 and in
+ * local-rank order, the partial rows of every rank of its node for each
+ * record, and sends one row per record back over the network. The source
+ * sums what comes back in rank order and writes x_dtype rows in token order.
+ * Fixed orders make the result bitwise reproducible.
+ */
+#include "core/dtype.h"
+#include "core/moe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { STEP_PART = 1, STEP_BACK = 2 };
+
+typedef struct {
+    struct mox_moe *m;
+    const char *expert_out;
+    void *out;
+    int phase, L;
+    mox_status_t start_error;
+    size_t row_bytes;               /* H on the combine wire */
+    uint64_t *send_off, *recv_off;  /* [P] into send/recv areas (BACK) */
+    uint64_t *part_off;             /* [L] into recv area (partials in) */
+    char *send, *recv;
+    float *fwd_accum;               /* [hopin records][H] (forwarder) */
+    mox__treq_t *t;
+    mox__treq_t *psend, *precv, *bsend, *brecv;
+    size_t nt;
+} combine_t;
+
+static int remote(const struct mox_moe *m, int r)
+{
+    return m->comm->topo.node_of[r] != m->comm->node;
+}
+
+static int served_remote(const struct mox_moe *m, int src)
+{
+    return m->forward && remote(m, src) &&
+           mox__moe_forwarder_for(m, src) == m->comm->rank;
+}
+
+/* Rows of mine for source src go back directly (not through a rail peer
+ * and not summed by me as the rail peer). */
+static int direct_back(const struct mox_moe *m, int src)
+{
+    return !m->forward || !remote(m, src);
+}
+
+/* Rows rank x returns to me for my tokens: its hop list when x is my rail
+ * peer on another node, else the tokens x finally received from me. */
+static const mox__csr_t *back_list(const struct mox_moe *m, int x)
+{
+    return m->forward && remote(m, x) ? &m->hop : &m->direct;
+}
+
+static void to_wire(const struct mox_moe *m, const void *src, char *dst,
+                    size_t rows, float *tmp)
+{
+    size_t H = (size_t)m->H;
+    for (size_t r = 0; r < rows; r++) {
+        const char *row = (const char *)src + r * H * m->x_elem;
+        if (m->comb_elem == 4) {
+            mox__to_f32(m->cfg.x_dtype, row, (float *)(dst + r * H * 4), H);
+        } else if (m->cfg.x_dtype == MOX_DTYPE_BF16) {
+            memcpy(dst + r * H * 2, row, H * 2);
+        } else {
+            mox__to_f32(m->cfg.x_dtype, row, tmp, H);
+            mox__from_f32(MOX_DTYPE_BF16, tmp, dst + r * H * 2, H);
+        }
+    }
+}
+
+static void accumulate(const struct mox_moe *m, const char *wire_row,
+                       float *acc)
+{
+    mox__accumulate_f32(m->comb_elem == 4 ? MOX_DTYPE_F32 : MOX_DTYPE_BF16,
+                        wire_row, acc, (size_t)m->H);
+}
+
+/* Lay out send and receive areas and post every receive and every send
+ * that needs no peer data. */
+static mox_status_t post_initial(struct mox_req *req, combine_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t rb = s->row_bytes;
+    uint64_t send_rows = 0, recv_rows = 0;
+    for (int x = 0; x < m->P; x++) {
+        s->send_off[x] = send_rows;
+        /* Direct rows back to x, or (forwarder) one summed row per record
+         * of x; partial rows for a rail peer are counted below. */
+        if (direct_back(m, x))
+            send_rows += m->final_in[x];
+        else if (served_remote(m, x))
+            send_rows += m->hop_in[x];
+        s->recv_off[x] = recv_rows;
+        const mox__csr_t *bl = back_list(m, x);
+        recv_rows += bl->off[x + 1] - bl->off[x];
+    }
+    uint64_t part_send_base = send_rows;
+    for (int l = 0; l < s->L; l++)
+        send_rows += m->fwd_in[l];
+    for (int l = 0; l < s->L; l++) {
+        s->part_off[l] = recv_rows;
+        if (m->forward && l != m->comm->local_rank)
+            recv_rows += m->fwd.off[l + 1] - m->fwd.off[l];
+    }
+    s->send = mox__buf_reserve(&m->comb_send, send_rows * rb + 8);
+    s->recv = mox__buf_reserve(&m->comb_recv, recv_rows * rb + 8);
+    float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
+    if (!s->send || !s->recv || !tmp) {
+        free(tmp);
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory for "
+                         "%llu + %llu rows", (unsigned long long)send_rows,
+                         (unsigned long long)recv_rows);
+    }
+    mox_status_t st = MOX_OK;
+    uint64_t btag = mox__tag(req->seq, STEP_BACK);
+    uint64_t ptag = mox__tag(req->seq, STEP_PART);
+    for (int x = 0; x < m->P && st == MOX_OK; x++) {
+        const mox__csr_t *bl = back_list(m, x);
+        uint64_t n = bl->off[x + 1] - bl->off[x];
+        if (n)
+            st = mox__irecv(c, x, btag, s->recv + s->recv_off[x] * rb, n * rb,
+                            &s->brecv[x]);
+    }
+    for (int l = 0; l < s->L && st == MOX_OK; l++) {
+        uint64_t n = m->forward && l != c->local_rank
+                         ? m->fwd.off[l + 1] - m->fwd.off[l] : 0;
+        if (n)
+            st = mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l), ptag,
+                            s->recv + s->part_off[l] * rb, n * rb,
+                            &s->precv[l]);
+    }
+    /* Direct rows back to their sources. */
+    for (int i = 0; i < m->P && st == MOX_OK; i++) {
+        int x = (c->rank + i) % m->P;
+        uint64_t n = m->final_in[x];
+        if (!direct_back(m, x) || !n)
+            continue;
+        char *dst = s->send + s->send_off[x] * rb;
+        to_wire(m, s->expert_out + m->final_off[x] * (size_t)m->H * m->x_elem,
+                dst, n, tmp);
+        st = mox__isend(c, x, btag, dst, n * rb, &s->bsend[x]);
+    }
+    /* Partial rows to each rail peer of my node that forwarded to me: rows
+     * of the remote sources it serves, in source order. */
+    uint64_t pos = part_send_base;
+    for (int l = 0; l < s->L && st == MOX_OK; l++) {
+        int h = mox__topo_rank_at(&c->topo, c->node, l);
+        if (!m->fwd_in[l])
+            continue;
+        char *start = s->send + pos * rb;
+        for (int x = 0; x < m->P; x++) {
+            if (!m->forward || !remote(m, x) ||
+                mox__moe_forwarder_for(m, x) != h)
+                continue;
+            to_wire(m, s->expert_out +
+                           m->final_off[x] * (size_t)m->H * m->x_elem,
+                    s->send + pos * rb, m->final_in[x], tmp);
+            pos += m->final_in[x];
+        }
+        st = mox__isend(c, h, ptag, start, m->fwd_in[l] * rb, &s->psend[l]);
+    }
+    free(tmp);
+    return st;
+}
+
+/* Forwarder: partial rows of every local rank are here; sum them per
+ * record in local-rank order and send one row per record back. */
+static mox_status_t post_sums(struct mox_req *req, combine_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t H = (size_t)m->H, rb = s->row_bytes;
+    uint64_t nrec = m->hopin_off[m->P] / m->rec_bytes;
+    float *acc = mox__buf_reserve(&m->comb_accum, nrec * H * 4 + 8);
+    float *tmp = malloc(H * sizeof *tmp + 8);
+    if (!acc || !tmp) {
+        free(tmp);
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory to "
+                         "sum %llu records", (unsigned long long)nrec);
+    }
+    memset(acc, 0, nrec * H * 4);
+    char *mine = NULL;
+    uint64_t nmine = m->fwd.off[c->local_rank + 1] - m->fwd.off[c->local_rank];
+    if (nmine) {
+        /* My own partial rows: my rows of the served sources, in order. */
+        mine = malloc(nmine * rb);
+        if (!mine) {
+            free(tmp);
+            return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory");
+        }
+        uint64_t pos = 0;
+        for (int x = 0; x < m->P; x++)
+            if (served_remote(m, x)) {
+                to_wire(m, s->expert_out +
+                               m->final_off[x] * H * m->x_elem,
+                        mine + pos * rb, m->final_in[x], tmp);
+                pos += m->final_in[x];
+            }
+    }
+    for (int l = 0; l < s->L; l++) {
+        const char *rows = l == c->local_rank ? mine
+                                              : s->recv + s->part_off[l] * rb;
+        for (uint64_t j = m->fwd.off[l]; j < m->fwd.off[l + 1]; j++) {
+            uint64_t rec = m->fwd_rec[j] / m->rec_bytes;
+            accumulate(m, rows + (j - m->fwd.off[l]) * rb, acc + rec * H);
+        }
+    }
+    free(mine);
+    mox_status_t st = MOX_OK;
+    uint64_t btag = mox__tag(req->seq, STEP_BACK);
+    for (int x = 0; x < m->P && st == MOX_OK; x++) {
+        if (!served_remote(m, x) || !m->hop_in[x])
+            continue;
+        uint64_t first = m->hopin_off[x] / m->rec_bytes;
+        char *dst = s->send + s->send_off[x] * rb;
+        for (uint64_t j = 0; j < m->hop_in[x]; j++) {
+            const float *a = acc + (first + j) * H;
+            if (m->comb_elem == 4)
+                memcpy(dst + j * rb, a, H * 4);
+            else
+                mox__from_f32(MOX_DTYPE_BF16, a, dst + j * rb, H);
+        }
+        st = mox__isend(c, x, btag, dst, m->hop_in[x] * rb, &s->bsend[x]);
+    }
+    free(tmp);
+    return st;
+}
+
+/* Source: sum every returned row into its token, rank order, then write. */
+static mox_status_t finish_out(combine_t *s)
+{
+    struct mox_moe *m = s->m;
+    size_t H = (size_t)m->H, rb = s->row_bytes;
+    size_t T = (size_t)m->num_tokens;
+    float *acc = mox__buf_reserve(&m->comb_part, T * H * 4 + 8);
+    if (!acc)
+        return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe_combine: no memory "
+                         "for %zu tokens", T);
+    memset(acc, 0, T * H * 4);
+    for (int x = 0; x < m->P; x++) {
+        const mox__csr_t *bl = back_list(m, x);
+        const char *rows = s->recv + s->recv_off[x] * rb;
+        for (uint64_t j = bl->off[x]; j < bl->off[x + 1]; j++)
+            accumulate(m, rows + (j - bl->off[x]) * rb,
+                       acc + (size_t)bl->item[j] * H);
+    }
+    mox__from_f32(m->cfg.x_dtype, acc, s->out, T * H);
+    return MOX_OK;
+}
+
+static int all_done(const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].posted && !t[i].done)
+            return 0;
+    return 1;
+}
+
+static mox_status_t check_all(mox__comm_t *c, const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!t[i].posted)
+            continue;
+        mox_status_t st = mox__treq_check(c, &t[i], "moe combine");
+        if (st == MOX_OK && !t[i].is_send && t[i].bytes == 0)
+            st = mox__fail(c, MOX_ERR_PROTOCOL, "moe combine: empty message "
+                           "from rank %d", t[i].peer);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    combine_t *s = req->state;
+    struct mox_moe *m = s->m;
+    mox_status_t st = s->start_error;
+    if (st != MOX_OK)
+        return st;
+    if (s->phase == 1) {
+        if (!all_done(s->precv, (size_t)s->L))
+            return MOX_IN_PROGRESS;
+        if ((st = check_all(m->comm, s->precv, (size_t)s->L)) != MOX_OK)
+            return st;
+        s->phase = 2;
+        if ((st = post_sums(req, s)) != MOX_OK)
+            return st;
+    }
+    if (!all_done(s->t, s->nt))
+        return MOX_IN_PROGRESS;
+    if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
+        return st;
+    return finish_out(s);
+}
+
+mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
+                                    const void *expert_out, void *out)
+{
+    mox__comm_t *c = m->comm;
+    int L = c->local_size;
+    size_t nt = 2 * (size_t)m->P + 2 * (size_t)L;
+    size_t bytes = sizeof(combine_t) + nt * sizeof(mox__treq_t) +
+                   (2 * (size_t)m->P + (size_t)L) * sizeof(uint64_t);
+    combine_t *s = calloc(1, bytes);
+    if (!s)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory");
+    req->state = s;
+    s->m = m;
+    s->expert_out = expert_out;
+    s->out = out;
+    s->L = L;
+    s->row_bytes = (size_t)m->H * m->comb_elem;
+    s->t = (mox__treq_t *)(s + 1);
+    s->nt = nt;
+    s->psend = s->t;
+    s->precv = s->psend + L;
+    s->bsend = s->precv + L;
+    s->brecv = s->bsend + m->P;
+    s->send_off = (uint64_t *)(s->t + nt);
+    s->recv_off = s->send_off + m->P;
+    s->part_off = s->recv_off + m->P;
+    req->treqs = s->t;
+    req->ntreqs = nt;
+    req->progress = progress;
+    s->phase = m->forward ? 1 : 2;
+    s->start_error = post_initial(req, s);
+    return MOX_OK;
+}

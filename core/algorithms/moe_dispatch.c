@@ -1,0 +1,621 @@
+/*
+ * MoE dispatch: notify (count exchange) then data, with node dedup.
+ *
+ * 1. notify: every rank tells every rank how many records it will send it
+ *    as first hop, how many rows it will finally receive from it, its
+ *    (token, expert) counts per local expert, and whether its routing was
+ *    valid. It is also the agreement point: a bad expert id on any rank
+ *    makes every rank fail the same way before any data moves, and the
+ *    communicator stays usable.
+ * 2. hop: each source sends every first hop one message with its records
+ *    in token order (dedup: the rail peer of each remote node, the rank
+ *    itself inside the node).
+ * 3. forward (dedup): a rail peer sends each rank of its node the records
+ *    from remote sources that rank needs, by source rank then token.
+ * 4. unpack: rows in (source rank, token) order into the caller's buffers.
+ */
+#include "core/dtype.h"
+#include "core/moe.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3 };
+#define NOTIFY_MAGIC 0x4e584f4du /* "MOXN" */
+
+typedef struct {
+    struct mox_moe *m;
+    mox_moe_output_t *out;
+    int notify_only, phase;
+    mox_status_t start_error;
+    int L, me_local;
+    mox__treq_t *t;
+    mox__treq_t *nsend, *nrecv, *hsend, *hrecv, *fsend, *frecv;
+    size_t nt;
+} dispatch_t;
+
+/* Notify message fields (little-endian host order: peers share the ABI). */
+typedef struct {
+    uint32_t magic, bad;
+    uint64_t seq, fingerprint, n_hop, n_final;
+    int64_t bad_token, bad_value;
+    int32_t bad_slot, pad;
+} notify_hdr_t;
+
+static int node_of(const struct mox_moe *m, int r)
+{
+    return m->comm->topo.node_of[r];
+}
+
+static int is_remote(const struct mox_moe *m, int r)
+{
+    return node_of(m, r) != m->comm->node;
+}
+
+/* Owner rank of the expert in slot j of a record's meta, or -1. */
+static int rec_owner(const struct mox_moe *m, const char *rec, int j)
+{
+    int32_t e;
+    memcpy(&e, rec + 4 + 4 * (size_t)j, 4);
+    return e < 0 || e >= m->E ? -1 : e / m->E_local;
+}
+
+static int rec_for(const struct mox_moe *m, const char *rec, int rank)
+{
+    for (int j = 0; j < m->k; j++)
+        if (rec_owner(m, rec, j) == rank)
+            return 1;
+    return 0;
+}
+
+/* ---- notify ----------------------------------------------------------- */
+
+static mox_status_t build_notify(struct mox_req *req, dispatch_t *s,
+                                 mox_status_t route_st, int64_t bad_token,
+                                 int bad_slot, int64_t bad_value)
+{
+    /* 0: routing fine; 1: expert id out of range; 2: repeated in a token. */
+    int bad_kind = route_st == MOX_OK ? 0
+                   : bad_value < -1 || bad_value >= s->m->E ? 1 : 2;
+    struct mox_moe *m = s->m;
+    size_t nb = m->notify_bytes;
+    char *buf = mox__buf_reserve(&m->notify, 2 * (size_t)m->P * nb);
+    if (!buf)
+        return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe: no memory");
+    memset(buf, 0, 2 * (size_t)m->P * nb);
+    for (int x = 0; x < m->P; x++) {
+        notify_hdr_t h = {NOTIFY_MAGIC, (uint32_t)bad_kind, req->seq,
+                          m->fingerprint, 0, 0, bad_token, bad_value,
+                          bad_slot, 0};
+        if (route_st == MOX_OK) {
+            h.n_hop = m->hop.off[x + 1] - m->hop.off[x];
+            h.n_final = m->final_out[x];
+        }
+        memcpy(buf + (size_t)x * nb, &h, sizeof h);
+    }
+    if (route_st != MOX_OK)
+        return MOX_OK;
+    /* (token, expert) pairs per expert, in the owner's message. */
+    for (int64_t t = 0; t < m->num_tokens; t++)
+        for (int j = 0; j < m->k; j++) {
+            int64_t e = mox__moe_expert(m, m->in.topk_idx, t, j);
+            if (e < 0)
+                continue;
+            int owner = (int)(e / m->E_local);
+            uint64_t *cnt = (uint64_t *)(buf + (size_t)owner * nb +
+                                         MOX_MOE_NOTIFY_FIXED);
+            cnt[e - (int64_t)owner * m->E_local]++;
+        }
+    return MOX_OK;
+}
+
+static mox_status_t post_notify(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t nb = m->notify_bytes;
+    char *out = m->notify.p, *in = out + (size_t)m->P * nb;
+    uint64_t tag = mox__tag(req->seq, STEP_NOTIFY);
+    mox_status_t st = MOX_OK;
+    for (int i = 0; i < m->P && st == MOX_OK; i++) {
+        int x = (c->rank - i + m->P) % m->P;
+        st = mox__irecv(c, x, tag, in + (size_t)x * nb, nb, &s->nrecv[x]);
+    }
+    for (int i = 0; i < m->P && st == MOX_OK; i++) {
+        int x = (c->rank + i) % m->P;
+        st = mox__isend(c, x, tag, out + (size_t)x * nb, nb, &s->nsend[x]);
+    }
+    return st;
+}
+
+/* Counts the forwarders of my node will send me (dedup). */
+static void count_forwarded(struct mox_moe *m, int me_local, int L)
+{
+    mox__comm_t *c = m->comm;
+    memset(m->fwd_in, 0, (size_t)L * sizeof *m->fwd_in);
+    if (!m->forward)
+        return;
+    for (int src = 0; src < m->P; src++) {
+        if (!is_remote(m, src))
+            continue;
+        int h = mox__moe_forwarder_for(m, src);
+        int hl = c->topo.local_of[h];
+        if (hl != me_local)
+            m->fwd_in[hl] += m->final_in[src];
+    }
+}
+
+static mox_status_t read_notify(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t nb = m->notify_bytes;
+    const char *in = (const char *)m->notify.p + (size_t)m->P * nb;
+    for (int x = 0; x < m->P; x++) {
+        mox_status_t st = mox__treq_check(c, &s->nrecv[x], "moe notify");
+        if (st == MOX_OK)
+            st = mox__treq_check(c, &s->nsend[x], "moe notify");
+        if (st != MOX_OK)
+            return st;
+    }
+    memset(m->per_expert_raw, 0, (size_t)m->E_local * sizeof(uint64_t));
+    int bad_rank = -1;
+    notify_hdr_t bad = {0};
+    for (int x = 0; x < m->P; x++) {
+        notify_hdr_t h;
+        memcpy(&h, in + (size_t)x * nb, sizeof h);
+        if (s->nrecv[x].bytes != nb || h.magic != NOTIFY_MAGIC ||
+            h.seq != req->seq)
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe: malformed notify "
+                             "from rank %d (%zu bytes)", x, s->nrecv[x].bytes);
+        if (h.fingerprint != m->fingerprint)
+            return mox__fail(c, MOX_ERR_MISMATCH, "moe: rank %d dispatches "
+                             "with another configuration than rank %d",
+                             x, c->rank);
+        if (h.bad && bad_rank < 0) {
+            bad_rank = x;
+            bad = h;
+        }
+        m->hop_in[x] = h.n_hop;
+        m->final_in[x] = h.n_final;
+        const uint64_t *cnt = (const uint64_t *)(in + (size_t)x * nb +
+                                                 MOX_MOE_NOTIFY_FIXED);
+        for (int e = 0; e < m->E_local; e++)
+            m->per_expert_raw[e] += cnt[e];
+    }
+    if (bad_rank >= 0) {
+        req->agreed_error = 1;
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: rank %d token %lld "
+                         "slot %d has expert %lld, %s (num_experts %d)",
+                         bad_rank, (long long)bad.bad_token, bad.bad_slot,
+                         (long long)bad.bad_value,
+                         bad.bad == 1 ? "out of range"
+                                      : "repeated within the token",
+                         m->E);
+    }
+    m->num_recv = 0;
+    for (int x = 0; x < m->P; x++) {
+        m->final_off[x] = m->num_recv;
+        m->num_recv += m->final_in[x];
+    }
+    m->final_off[m->P] = m->num_recv;
+    uint64_t a = (uint64_t)m->cfg.expert_alignment;
+    for (int e = 0; e < m->E_local; e++)
+        m->per_expert[e] = (m->per_expert_raw[e] + a - 1) / a * a;
+    count_forwarded(m, s->me_local, s->L);
+    m->state = MOE_NOTIFIED;
+    return MOX_OK;
+}
+
+/* ---- hop -------------------------------------------------------------- */
+
+static void encode_hidden(const struct mox_moe *m, const void *x, char *dst,
+                          float *tmp)
+{
+    size_t H = (size_t)m->H;
+    mox_dtype_t xt = m->cfg.x_dtype;
+    switch (m->cfg.dispatch_wire) {
+    case MOX_MOE_WIRE_BF16:
+        if (xt == MOX_DTYPE_BF16) {
+            memcpy(dst, x, 2 * H);
+        } else {
+            mox__to_f32(xt, x, tmp, H);
+            mox__from_f32(MOX_DTYPE_BF16, tmp, dst, H);
+        }
+        break;
+    case MOX_MOE_WIRE_FP8:
+        mox__fp8_encode(xt, x, H, dst);
+        break;
+    default:
+        memcpy(dst, x, m->x_elem * H);
+    }
+}
+
+static void pack_record(const struct mox_moe *m, int64_t t, char *rec,
+                        float *tmp)
+{
+    int32_t tok = (int32_t)t;
+    memcpy(rec, &tok, 4);
+    for (int j = 0; j < m->k; j++) {
+        int32_t e = (int32_t)mox__moe_expert(m, m->in.topk_idx, t, j);
+        memcpy(rec + 4 + 4 * (size_t)j, &e, 4);
+    }
+    memcpy(rec + 4 + 4 * (size_t)m->k,
+           m->in.topk_weights + (size_t)t * (size_t)m->k, 4 * (size_t)m->k);
+    const char *x = (const char *)m->in.x +
+                    (size_t)t * (size_t)m->H * m->x_elem;
+    encode_hidden(m, x, rec + m->meta_bytes, tmp);
+}
+
+static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t rb = m->rec_bytes;
+    uint64_t in_total = 0;
+    for (int x = 0; x < m->P; x++) {
+        m->hopin_off[x] = in_total * rb;
+        in_total += m->hop_in[x];
+    }
+    m->hopin_off[m->P] = in_total * rb;
+    uint64_t fwd_total = 0;
+    for (int l = 0; l < s->L; l++) {
+        m->fwdin_off[l] = fwd_total * rb;
+        fwd_total += m->fwd_in[l];
+    }
+    m->fwdin_off[s->L] = fwd_total * rb;
+    uint64_t out_total = m->hop.off[m->P];
+    char *hin = mox__buf_reserve(&m->hopin, in_total * rb + 8);
+    char *fin = mox__buf_reserve(&m->fwdin, fwd_total * rb + 8);
+    char *hout = mox__buf_reserve(&m->hopout, out_total * rb + 8);
+    float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
+    if (!hin || !fin || !hout || !tmp) {
+        free(tmp);
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory for %llu + "
+                         "%llu records", (unsigned long long)in_total,
+                         (unsigned long long)out_total);
+    }
+    mox_status_t st = MOX_OK;
+    uint64_t htag = mox__tag(req->seq, STEP_HOP);
+    uint64_t ftag = mox__tag(req->seq, STEP_FWD);
+    for (int x = 0; x < m->P && st == MOX_OK; x++)
+        if (m->hop_in[x])
+            st = mox__irecv(c, x, htag, hin + m->hopin_off[x],
+                            m->hop_in[x] * rb, &s->hrecv[x]);
+    for (int l = 0; l < s->L && st == MOX_OK; l++)
+        if (m->fwd_in[l])
+            st = mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l), ftag,
+                            fin + m->fwdin_off[l], m->fwd_in[l] * rb,
+                            &s->frecv[l]);
+    for (int i = 0; i < m->P && st == MOX_OK; i++) {
+        int h = (c->rank + i) % m->P;
+        uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
+        char *msg = hout + m->hop.off[h] * rb;
+        for (uint64_t j = 0; j < n; j++)
+            pack_record(m, m->hop.item[m->hop.off[h] + j], msg + j * rb, tmp);
+        if (n)
+            st = mox__isend(c, h, htag, msg, n * rb, &s->hsend[h]);
+    }
+    free(tmp);
+    return st;
+}
+
+/* ---- forward (dedup) -------------------------------------------------- */
+
+static int served_remote(const struct mox_moe *m, int src)
+{
+    return m->forward && is_remote(m, src) &&
+           mox__moe_forwarder_for(m, src) == m->comm->rank;
+}
+
+/* Build, for every local rank, the records I forward to it (by source then
+ * token), remember them for combine, and send them. */
+static mox_status_t post_forwards(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t rb = m->rec_bytes;
+    const char *hin = m->hopin.p;
+    uint64_t *off = m->fwd.off;
+    memset(off, 0, ((size_t)s->L + 1) * sizeof *off);
+    for (int src = 0; src < m->P; src++) {
+        if (!served_remote(m, src))
+            continue;
+        for (uint64_t j = 0; j < m->hop_in[src]; j++) {
+            const char *rec = hin + m->hopin_off[src] + j * rb;
+            for (int l = 0; l < s->L; l++)
+                off[l + 1] += rec_for(m, rec,
+                                      mox__topo_rank_at(&c->topo, c->node, l));
+        }
+    }
+    for (int l = 0; l < s->L; l++)
+        off[l + 1] += off[l];
+    uint64_t total = off[s->L];
+    uint64_t *items = mox__buf_reserve(&m->fwdrec, total * 8 + 8);
+    char *fout = mox__buf_reserve(&m->fwdout, total * rb + 8);
+    uint64_t *fill = calloc((size_t)s->L, sizeof *fill);
+    if (!items || !fout || !fill) {
+        free(fill);
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to forward "
+                         "%llu records", (unsigned long long)total);
+    }
+    m->fwd_rec = items;
+    for (int src = 0; src < m->P; src++) {
+        if (!served_remote(m, src))
+            continue;
+        for (uint64_t j = 0; j < m->hop_in[src]; j++) {
+            uint64_t at = m->hopin_off[src] + j * rb;
+            for (int l = 0; l < s->L; l++) {
+                if (!rec_for(m, hin + at,
+                             mox__topo_rank_at(&c->topo, c->node, l)))
+                    continue;
+                uint64_t pos = off[l] + fill[l]++;
+                items[pos] = at;
+                if (l != s->me_local)
+                    memcpy(fout + pos * rb, hin + at, rb);
+            }
+        }
+    }
+    free(fill);
+    mox_status_t st = MOX_OK;
+    uint64_t tag = mox__tag(req->seq, STEP_FWD);
+    for (int l = 0; l < s->L && st == MOX_OK; l++) {
+        uint64_t n = off[l + 1] - off[l];
+        if (l != s->me_local && n)
+            st = mox__isend(c, mox__topo_rank_at(&c->topo, c->node, l), tag,
+                            fout + off[l] * rb, n * rb, &s->fsend[l]);
+    }
+    return st;
+}
+
+/* ---- unpack ----------------------------------------------------------- */
+
+static void decode_hidden(const struct mox_moe *m, const char *src, void *x,
+                          float *tmp)
+{
+    size_t H = (size_t)m->H;
+    mox_dtype_t xt = m->cfg.x_dtype;
+    switch (m->cfg.dispatch_wire) {
+    case MOX_MOE_WIRE_BF16:
+        if (xt == MOX_DTYPE_BF16) {
+            memcpy(x, src, 2 * H);
+        } else {
+            mox__to_f32(MOX_DTYPE_BF16, src, tmp, H);
+            mox__from_f32(xt, tmp, x, H);
+        }
+        break;
+    case MOX_MOE_WIRE_FP8:
+        mox__fp8_decode(src, H, xt, x);
+        break;
+    default:
+        memcpy(x, src, m->x_elem * H);
+    }
+}
+
+static void write_row(const struct mox_moe *m, mox_moe_output_t *o,
+                      uint64_t row, int src, const char *rec, float *tmp)
+{
+    int me = m->comm->rank;
+    size_t k = (size_t)m->k;
+    int32_t tok;
+    memcpy(&tok, rec, 4);
+    if (o->recv_x)
+        decode_hidden(m, rec + m->meta_bytes,
+                      (char *)o->recv_x + row * (size_t)m->H * m->x_elem, tmp);
+    for (size_t j = 0; j < k; j++) {
+        int32_t e;
+        float w;
+        memcpy(&e, rec + 4 + 4 * j, 4);
+        memcpy(&w, rec + 4 + 4 * k + 4 * j, 4);
+        int mine = rec_owner(m, rec, (int)j) == me;
+        if (o->recv_topk_idx)
+            o->recv_topk_idx[row * k + j] = mine ? e - me * m->E_local : -1;
+        if (o->recv_topk_weights)
+            o->recv_topk_weights[row * k + j] = mine ? w : 0.0f;
+    }
+    if (o->recv_src) {
+        o->recv_src[2 * row] = src;
+        o->recv_src[2 * row + 1] = tok;
+    }
+}
+
+/* Records of source `src` for me: where they are and whether they need
+ * filtering (records sent to me as hop may be for other ranks too). */
+static const char *source_records(const struct mox_moe *m, dispatch_t *s,
+                                  int src, uint64_t *n, int *filter,
+                                  uint64_t *fwd_cursor)
+{
+    if (m->forward && is_remote(m, src) &&
+        mox__moe_forwarder_for(m, src) != m->comm->rank) {
+        int l = m->comm->topo.local_of[mox__moe_forwarder_for(m, src)];
+        const char *p = (const char *)m->fwdin.p + m->fwdin_off[l] +
+                        fwd_cursor[l] * m->rec_bytes;
+        fwd_cursor[l] += m->final_in[src];
+        *n = m->final_in[src];
+        *filter = 0;
+        return p;
+    }
+    *n = m->hop_in[src];
+    *filter = m->broadcast || served_remote(m, src);
+    return (const char *)m->hopin.p + m->hopin_off[src];
+}
+
+static mox_status_t unpack(dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    mox_moe_output_t *o = s->out;
+    o->num_recv = m->num_recv;
+    if (o->recv_per_expert)
+        memcpy(o->recv_per_expert, m->per_expert,
+               (size_t)m->E_local * sizeof(uint64_t));
+    if (m->num_recv > o->capacity) {
+        s->start_error = MOX_ERR_OVERFLOW;
+        return mox__fail(c, MOX_ERR_OVERFLOW, "moe_dispatch: rank %d receives "
+                         "%llu rows but capacity is %llu; nothing written",
+                         c->rank, (unsigned long long)m->num_recv,
+                         (unsigned long long)o->capacity);
+    }
+    uint64_t cursor[s->L];
+    memset(cursor, 0, sizeof cursor);
+    float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
+    if (!tmp)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
+    mox_status_t st = MOX_OK;
+    for (int src = 0; src < m->P && st == MOX_OK; src++) {
+        uint64_t n, row = m->final_off[src], got = 0;
+        int filter;
+        const char *p = source_records(m, s, src, &n, &filter, cursor);
+        for (uint64_t j = 0; j < n && got <= m->final_in[src]; j++) {
+            const char *rec = p + j * m->rec_bytes;
+            if (filter && !rec_for(m, rec, c->rank))
+                continue;
+            if (got < m->final_in[src])
+                write_row(m, o, row + got, src, rec, tmp);
+            got++;
+        }
+        if (got != m->final_in[src])
+            st = mox__fail(c, MOX_ERR_PROTOCOL, "moe: rank %d announced %llu "
+                           "rows for rank %d, %llu arrived", src,
+                           (unsigned long long)m->final_in[src], c->rank,
+                           (unsigned long long)got);
+    }
+    free(tmp);
+    return st;
+}
+
+/* ---- state machine ---------------------------------------------------- */
+
+static int all_done(const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].posted && !t[i].done)
+            return 0;
+    return 1;
+}
+
+static mox_status_t check_all(mox__comm_t *c, const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!t[i].posted)
+            continue;
+        mox_status_t st = mox__treq_check(c, &t[i], "moe dispatch");
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    dispatch_t *s = req->state;
+    struct mox_moe *m = s->m;
+    mox_status_t st = s->start_error;
+    if (st != MOX_OK)
+        return st;
+    if (s->phase == 1) {
+        if (!all_done(s->nsend, 2 * (size_t)m->P))
+            return MOX_IN_PROGRESS;
+        if ((st = read_notify(req, s)) != MOX_OK)
+            return st;
+        if (s->notify_only)
+            return MOX_OK;
+        m->state = MOE_IDLE; /* this dispatch consumes the notify */
+        s->phase = 2;
+    }
+    if (s->phase == 2) {
+        s->phase = 3;
+        if ((st = post_hops(req, s)) != MOX_OK)
+            return st;
+    }
+    if (s->phase == 3) {
+        if (!all_done(s->hrecv, (size_t)m->P))
+            return MOX_IN_PROGRESS;
+        if ((st = check_all(m->comm, s->hrecv, (size_t)m->P)) != MOX_OK)
+            return st;
+        s->phase = 4;
+        if (m->forward && (st = post_forwards(req, s)) != MOX_OK)
+            return st;
+    }
+    if (!all_done(s->t, s->nt))
+        return MOX_IN_PROGRESS;
+    if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
+        return st;
+    st = unpack(s);
+    if (st == MOX_ERR_OVERFLOW)
+        req->agreed_error = 1; /* everything arrived: peers are in step */
+    m->state = st == MOX_OK ? MOE_DISPATCHED : MOE_IDLE;
+    return st;
+}
+
+/* Per-peer arrays of the handle, sized once. */
+static mox_status_t peer_arrays(struct mox_moe *m, int L)
+{
+    if (m->hop_in)
+        return MOX_OK;
+    size_t P = (size_t)m->P;
+    uint64_t *a = calloc(6 * P + 4 + 4 * (size_t)L + 4 + 2 * (size_t)m->E_local,
+                         sizeof *a);
+    if (!a)
+        return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe: no memory");
+    m->hop_in = a;
+    m->final_in = a + P;
+    m->final_off = a + 2 * P;          /* P + 1 */
+    m->hopin_off = a + 3 * P + 1;      /* P + 1 */
+    m->fwd_in = a + 4 * P + 2;         /* L */
+    m->fwdin_off = m->fwd_in + L;      /* L + 1 */
+    m->fwd.off = m->fwdin_off + L + 1; /* L + 1 */
+    m->per_expert = m->fwd.off + L + 1;
+    m->per_expert_raw = m->per_expert + m->E_local;
+    return MOX_OK;
+}
+
+mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
+                                     mox_moe_output_t *out, int notify_only,
+                                     int skip_notify)
+{
+    mox__comm_t *c = m->comm;
+    int L = c->local_size;
+    if (peer_arrays(m, L) != MOX_OK)
+        return MOX_ERR_NO_MEMORY;
+    size_t nt = 4 * (size_t)m->P + 2 * (size_t)L;
+    dispatch_t *s = calloc(1, sizeof *s + nt * sizeof(mox__treq_t));
+    if (!s)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
+    req->state = s;
+    s->m = m;
+    s->out = out;
+    s->notify_only = notify_only;
+    s->L = L;
+    s->me_local = c->local_rank;
+    s->t = (mox__treq_t *)(s + 1);
+    s->nt = nt;
+    s->nsend = s->t;
+    s->nrecv = s->nsend + m->P;
+    s->hsend = s->nrecv + m->P;
+    s->hrecv = s->hsend + m->P;
+    s->fsend = s->hrecv + m->P;
+    s->frecv = s->fsend + L;
+    req->treqs = s->t;
+    req->ntreqs = nt;
+    req->progress = progress;
+    if (skip_notify) {
+        m->state = MOE_IDLE;
+        s->phase = 2;
+        return MOX_OK;
+    }
+    m->state = MOE_IDLE;
+    int64_t bad_token = -1, bad_value = 0;
+    int bad_slot = -1;
+    mox_status_t route_st = mox__moe_route(m, &m->in, &bad_token, &bad_slot,
+                                           &bad_value);
+    if (route_st != MOX_OK && route_st != MOX_ERR_INVALID_ARG)
+        return route_st;
+    mox_status_t st = build_notify(req, s, route_st, bad_token, bad_slot,
+                                   bad_value);
+    if (st != MOX_OK)
+        return st;
+    s->phase = 1;
+    s->start_error = post_notify(req, s);
+    return MOX_OK;
+}

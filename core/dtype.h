@@ -1,0 +1,60 @@
+/*
+ * Element types and the conversions the data path needs: 16-bit floats
+ * (bf16, f16) to and from f32, and fp8 e4m3 with one f32 scale per block
+ * of 128 values (the dispatch wire format). Pure functions, no allocation.
+ */
+#ifndef MOX_CORE_DTYPE_H
+#define MOX_CORE_DTYPE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "mox/mox.h"
+
+/* Bytes of one element; 0 for an unknown type. */
+size_t mox__dtype_size(mox_dtype_t t);
+/* "f32", "bf16", ...; "?" for an unknown type. */
+const char *mox__dtype_name(mox_dtype_t t);
+/* 1 for the float types the conversions below accept (f16, bf16, f32,
+ * f64), else 0. Callers check this before calling them: the conversions
+ * treat any other type as a programming error (assert). */
+int mox__dtype_is_float(mox_dtype_t t);
+
+/* Scalar conversions. f32 -> 16-bit rounds to nearest even; NaN stays NaN
+ * (quiet), infinities and signed zeros are kept. */
+uint16_t mox__f32_to_bf16(float f);
+float mox__bf16_to_f32(uint16_t h);
+uint16_t mox__f32_to_f16(float f);
+float mox__f16_to_f32(uint16_t h);
+
+/* fp8 e4m3 (OCP "E4M3FN": bias 7, no infinities, max finite 448, NaN =
+ * S.1111.111). f32 -> e4m3 rounds to nearest even and saturates to +-448;
+ * NaN -> NaN. */
+uint8_t mox__f32_to_e4m3(float f);
+float mox__e4m3_to_f32(uint8_t v);
+
+/* Convert n elements of type `from` at src into f32 at dst. */
+void mox__to_f32(mox_dtype_t from, const void *src, float *dst, size_t n);
+/* Convert n f32 at src into type `to` at dst (rounding as above). */
+void mox__from_f32(mox_dtype_t to, const float *src, void *dst, size_t n);
+/* dst[i] += (f32) src[i] for n elements of type `from`. */
+void mox__accumulate_f32(mox_dtype_t from, const void *src, float *dst,
+                         size_t n);
+
+/* fp8 blocks: MOX_FP8_BLOCK values share one f32 scale. */
+#define MOX_FP8_BLOCK 128
+/* Bytes of n values encoded as fp8 + scales: n + 4 * ceil(n / 128). */
+static inline size_t mox__fp8_bytes(size_t n)
+{
+    return n + 4 * ((n + MOX_FP8_BLOCK - 1) / MOX_FP8_BLOCK);
+}
+/*
+ * Encode n values of type `from` (f32, bf16 or f16) as fp8 e4m3: per block of
+ * 128 the scale is amax / 448 (1 when amax is 0), values are divided by it
+ * and rounded. Layout at dst: scales (f32, ceil(n/128) of them) then the n
+ * codes. Non-finite inputs: NaN stays NaN; +-inf saturates to +-448*scale.
+ */
+void mox__fp8_encode(mox_dtype_t from, const void *src, size_t n, void *dst);
+/* Decode into type `to` (f32, bf16 or f16). */
+void mox__fp8_decode(const void *src, size_t n, mox_dtype_t to, void *dst);
+
+#endif

@@ -1,0 +1,113 @@
+/*
+ * MoE dispatch/combine: the handle, its cached routing and buffers.
+ * core/moe.c holds the API and routing; core/algorithms/moe_dispatch.c and
+ * moe_combine.c the two state machines.
+ *
+ * Vocabulary. For a token t of source rank s, D(t) is the set of ranks that
+ * own at least one of its experts. A "hop" is the rank s sends the token
+ * to: the destination itself, or (dedup, remote node) the rail peer on
+ * that node, which forwards it to every rank of D(t) on its node. A
+ * "record" is one token on the wire: meta (token index, k global expert
+ * ids, k weights) followed by the hidden vector in the wire format.
+ */
+#ifndef MOX_CORE_MOE_H
+#define MOX_CORE_MOE_H
+
+#include "comm.h"
+
+/* Grow-only buffer kept by the handle across calls. */
+typedef struct {
+    void *p;
+    size_t cap;
+} mox__buf_t;
+
+/* Returns the buffer with at least `bytes` bytes, or NULL. */
+void *mox__buf_reserve(mox__buf_t *b, size_t bytes);
+
+/* Compressed lists: items of list i are item[off[i] .. off[i+1]). */
+typedef struct {
+    uint64_t *off;
+    int32_t *item;
+} mox__csr_t;
+
+enum { MOE_IDLE, MOE_NOTIFIED, MOE_DISPATCHED };
+
+/* Notify message: fixed header, then per-local-expert counts. */
+#define MOX_MOE_NOTIFY_FIXED 64
+
+struct mox_moe {
+    mox__comm_t *comm;
+    mox_moe_config_t cfg;   /* as given, DEFAULTs resolved */
+    int P, E, E_local, H, k;
+    int forward;            /* dedup: remote tokens go through rail peers */
+    int broadcast;          /* allgather: every token to every rank */
+    size_t x_elem;          /* bytes per x value */
+    size_t idx_elem;
+    size_t meta_bytes;      /* per record: index, ids, weights (8-aligned) */
+    size_t hid_bytes;       /* hidden vector on the dispatch wire */
+    size_t rec_bytes;       /* meta_bytes + hid_bytes, 8-aligned */
+    size_t comb_elem;       /* 4 (f32) or 2 (bf16) on the combine wire */
+    size_t notify_bytes;
+    uint64_t fingerprint;   /* of the configuration, checked in notify */
+
+    /* Routing of the current dispatch (source side). */
+    int state;
+    mox_moe_input_t in;
+    int64_t num_tokens;
+    int32_t *tok_ndest;     /* [num_tokens] |D(t)| */
+    int32_t *tok_dest;      /* [num_tokens][k] ranks of D(t), ascending */
+    mox__csr_t hop;         /* per rank: tokens sent to it as first hop */
+    mox__csr_t direct;      /* per rank: tokens whose rows it returns to me
+                               directly in combine (local, or no forward) */
+    uint64_t *final_out;    /* [P] tokens each rank finally receives */
+
+    /* What peers told us in notify (receiver side). */
+    uint64_t *hop_in;       /* [P] records each source sends me as hop */
+    uint64_t *final_in;     /* [P] rows I finally receive from each source */
+    uint64_t *final_off;    /* [P+1] where each source's rows start */
+    uint64_t *per_expert;   /* [E_local] padded counts */
+    uint64_t *per_expert_raw; /* [E_local] (token, expert) pairs */
+    uint64_t num_recv;
+
+    /* Forwarding (dedup): for each local rank d, the records I forward to
+     * it, as offsets into hopin. */
+    mox__csr_t fwd;         /* lists by local rank; items index recs */
+    uint64_t *fwd_rec;      /* record byte offsets into hopin (items) */
+    uint64_t *fwd_in;       /* [L] records each local forwarder sends me */
+
+    /* Buffers reused across calls. */
+    mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, notify,
+        comb_send, comb_recv, comb_accum, comb_part;
+    uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
+    uint64_t *fwdin_off;    /* [L+1] byte offsets of each forwarder */
+};
+
+/* Route this rank's tokens (fills tok_*, hop, direct, final_out). Checks
+ * every expert id; on bad input returns MOX_ERR_INVALID_ARG with *bad_token
+ * / *bad_slot / *bad_value set and a message on the communicator. */
+mox_status_t mox__moe_route(struct mox_moe *m, const mox_moe_input_t *in,
+                            int64_t *bad_token, int *bad_slot,
+                            int64_t *bad_value);
+
+/* Global expert id of token t, slot j (-1 for none). */
+static inline int64_t mox__moe_expert(const struct mox_moe *m,
+                                      const void *topk_idx, int64_t t, int j)
+{
+    size_t i = (size_t)t * (size_t)m->k + (size_t)j;
+    if (m->idx_elem == 4)
+        return ((const int32_t *)topk_idx)[i];
+    return ((const int64_t *)topk_idx)[i];
+}
+
+/* The rank on my node that forwards source s's tokens to me (dedup). */
+int mox__moe_forwarder_for(const struct mox_moe *m, int s);
+
+/* Start the state machines (core/algorithms/moe_*.c). notify_only stops
+ * after the count exchange. */
+mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
+                                     mox_moe_output_t *out, int notify_only,
+                                     int skip_notify);
+mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
+                                    const void *expert_out, void *out);
+
+#endif
