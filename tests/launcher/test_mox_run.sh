@@ -444,7 +444,9 @@ int main(int argc, char **argv)
     MPI_Bcast(b, len, MPI_BYTE, 0, MPI_COMM_WORLD);
     for (int i = 0; i < len; i++)
         bad += b[i] != (unsigned char)(i * 7 + 3);
-    printf("M %d %d %s %s %s %d %ld\n", r, n, net, ipc, host, ls, bad);
+    const char *dev = getenv("MOX_NET_DEVICES"), *tls = getenv("MOX_NET_TLS");
+    printf("M %d %d %s %s %s %d %ld %s %s\n", r, n, net, ipc, host, ls, bad,
+           dev ? dev : "-", tls ? tls : "-");
     MPI_Finalize();
     return 0;
 }
@@ -464,6 +466,8 @@ EOC
             check "--mpi: rank $r: MPI sees 2 ranks on its node (got $(mfield $r 8))" [ "$(mfield $r 8)" = 2 ]
             check "--mpi: rank $r runs on host moxr${P}n$((r / 2)) (got $(mfield $r 7))" \
                 [ "$(mfield $r 7)" = "moxr${P}n$((r / 2))" ]
+            check "--mpi: rank $r sees MOX_NET_DEVICES=mox$((r / 2)) MOX_NET_TLS=tcp (got $(mfield $r 10) $(mfield $r 11))" \
+                [ "$(mfield $r 10) $(mfield $r 11)" = "mox$((r / 2)) tcp" ]
         done
         check "--mpi: ranks of a node share its network namespace, nodes differ" \
             [ -n "$(mfield 0 5)" -a "$(mfield 0 5)" = "$(mfield 1 5)" -a "$(mfield 2 5)" = "$(mfield 3 5)" \
