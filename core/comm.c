@@ -1,7 +1,11 @@
 /* Communicator life cycle: configuration, bootstrap, topology, transports. */
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE /* sched_getaffinity */
+#endif
 #include "comm.h"
 #include "log.h"
 
+#include <sched.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -99,6 +103,18 @@ static mox_status_t learn_topology(mox__comm_t *c, char *err, size_t errlen)
     return MOX_OK;
 }
 
+/* Spinning only pays when every rank of the node has a core of its own;
+ * otherwise a spinning rank steals the core its peer needs to answer. */
+static int64_t resolve_spin(const mox__comm_t *c)
+{
+    if (c->cfg.spin_count >= 0)
+        return c->cfg.spin_count;
+    cpu_set_t set;
+    int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
+                                                            : 1;
+    return c->local_size > cores ? 0 : 2000;
+}
+
 static mox_status_t create_transports(mox__comm_t *c, char *err,
                                       size_t errlen)
 {
@@ -157,8 +173,10 @@ mox_status_t mox_comm_create(const mox_comm_params_t *params,
         mox__log_rank = c->rank;
         st = learn_topology(c, err, sizeof err);
     }
-    if (st == MOX_OK)
+    if (st == MOX_OK) {
+        c->spin_count = resolve_spin(c);
         st = create_transports(c, err, sizeof err);
+    }
     if (st == MOX_OK)
         st = mox__boot_barrier(c->boot, err, sizeof err);
     if (st != MOX_OK) {

@@ -34,6 +34,7 @@ struct mox_comm {
     mox__topo_t topo;
     int node, local_rank, local_size;
     int numa_node;
+    int64_t spin_count;     /* resolved MOX_SPIN_COUNT */
     char nic[64];
     int nic_rate_mbps;
     char node_key[MOX_NODE_KEY_LEN];

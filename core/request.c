@@ -281,7 +281,7 @@ mox_status_t mox_wait(mox_req_t req)
             last = 0;
             continue;
         }
-        idle(++idle_rounds, c->cfg.spin_count);
+        idle(++idle_rounds, c->spin_count);
         if ((idle_rounds & 63) != 0)
             continue;
         uint64_t now = mox__now_ns();
