@@ -75,14 +75,7 @@ mox_status_t mox_ialltoallv(mox_comm_t c, const void *sendbuf,
               req->name);
     st = hier ? mox__alltoallv_hier(req, &a) : mox__alltoallv_pairwise(req, &a);
     if (st != MOX_OK) {
-        /* Nothing was posted (algorithms post only after allocating), but
-         * the sequence number is spent: peers would disagree from now on. */
-        req->comm->failed = 1;
-        req->done = 1;
-        req->status = st;
-        if (req->cleanup)
-            req->cleanup(req);
-        mox_req_free(req);
+        mox__req_abort(req, st);
         return st;
     }
     return mox__req_start(req, out);

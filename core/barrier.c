@@ -14,9 +14,7 @@ mox_status_t mox_ibarrier(mox_comm_t c, mox_req_t *out)
         return st;
     st = mox__barrier_dissem(req);
     if (st != MOX_OK) {
-        req->done = 1;
-        req->status = st;
-        mox_req_free(req);
+        mox__req_abort(req, st);
         return st;
     }
     return mox__req_start(req, out);

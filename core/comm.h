@@ -47,6 +47,8 @@ struct mox_comm {
     int failed;             /* a fatal error happened; only destroy is useful */
     mox_stats_t stats;
     struct mox_req *active; /* requests not yet finished, for progress */
+    struct mox_req *cur;    /* request being started or stepped: its
+                               sends are counted in its own stats */
 
     char last_error[768];
     uint64_t nfail;         /* mox__fail calls, to tell whether a callee
@@ -75,6 +77,7 @@ struct mox_req {
     mox__treq_t *treqs;
     size_t ntreqs;
     void *state;
+    uint64_t bytes_intra, bytes_inter, msgs_intra, msgs_inter;
     struct mox_req *next;   /* in comm->active */
 };
 
@@ -95,6 +98,9 @@ int mox__progress(mox__comm_t *c);
 /* New request for a collective: takes the next sequence number. */
 mox_status_t mox__req_new(mox__comm_t *c, const char *name,
                           struct mox_req **req);
+/* Give up on a request whose algorithm failed to start: frees it and fails
+ * the communicator (its sequence number is spent). */
+void mox__req_abort(struct mox_req *req, mox_status_t st);
 /* Start it: first progress, and on success put it in comm->active. On an
  * immediate error the request is freed and *out stays NULL. */
 mox_status_t mox__req_start(struct mox_req *req, mox_req_t *out);

@@ -451,10 +451,7 @@ static mox_status_t start(struct mox_moe *m, const mox_moe_input_t *in,
         return st;
     st = mox__moe_dispatch_start(r, m, out, notify_only, skip_notify);
     if (st != MOX_OK) {
-        c->failed = 1;
-        r->done = 1;
-        r->status = st;
-        mox_req_free(r);
+        mox__req_abort(r, st);
         return st;
     }
     return mox__req_start(r, req);
@@ -533,10 +530,7 @@ mox_status_t mox_moe_icombine(mox_moe_t m, const void *expert_out, void *out,
         return st;
     st = mox__moe_combine_start(r, m, expert_out, out);
     if (st != MOX_OK) {
-        c->failed = 1;
-        r->done = 1;
-        r->status = st;
-        mox_req_free(r);
+        mox__req_abort(r, st);
         return st;
     }
     return mox__req_start(r, req);

@@ -51,12 +51,21 @@ mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
     mox_status_t st = route(c, peer, &tp);
     if (st != MOX_OK)
         return st;
+    struct mox_req *op = c->cur;
     if (tp == MOX_TP_UCX) {
         c->stats.bytes_inter += bytes;
         c->stats.msgs_inter++;
+        if (op) {
+            op->bytes_inter += bytes;
+            op->msgs_inter++;
+        }
     } else if (tp == MOX_TP_SHM) {
         c->stats.bytes_intra += bytes;
         c->stats.msgs_intra++;
+        if (op) {
+            op->bytes_intra += bytes;
+            op->msgs_intra++;
+        }
     }
     uint64_t fails = c->nfail;
     st = c->tp_ops[tp]->isend(c->tp[tp], peer, tag, buf, bytes, r);
@@ -112,8 +121,24 @@ mox_status_t mox__req_new(mox__comm_t *c, const char *name,
     req->name = name;
     req->seq = c->coll_seq++;
     req->start_ns = mox__now_ns();
+    c->cur = req; /* the algorithm's start posts on its behalf */
     *out = req;
     return MOX_OK;
+}
+
+void mox__req_abort(struct mox_req *req, mox_status_t st)
+{
+    mox__comm_t *c = req->comm;
+    /* The sequence number is spent: peers would disagree from now on. */
+    c->failed = 1;
+    if (c->cur == req)
+        c->cur = NULL;
+    req->done = 1;
+    req->status = st;
+    if (req->cleanup)
+        req->cleanup(req);
+    req->cleanup = NULL;
+    mox_req_free(req);
 }
 
 static void cancel_pending(struct mox_req *req)
@@ -156,7 +181,14 @@ static void finish(struct mox_req *req, mox_status_t st)
     } else {
         c->stats.ops++;
     }
-    c->stats.time_ns += mox__now_ns() - req->start_ns;
+    uint64_t ns = mox__now_ns() - req->start_ns;
+    c->stats.time_ns += ns;
+    c->stats.last_bytes_intra = req->bytes_intra;
+    c->stats.last_bytes_inter = req->bytes_inter;
+    c->stats.last_msgs_intra = req->msgs_intra;
+    c->stats.last_msgs_inter = req->msgs_inter;
+    c->stats.last_time_ns = ns;
+    snprintf(c->stats.last_op, sizeof c->stats.last_op, "%s", req->name);
     if (req->cleanup)
         req->cleanup(req);
     req->cleanup = NULL;
@@ -167,7 +199,11 @@ static int step(struct mox_req *req)
 {
     if (req->done)
         return 0;
+    mox__comm_t *c = req->comm;
+    struct mox_req *outer = c->cur;
+    c->cur = req;
     mox_status_t st = req->progress(req);
+    c->cur = outer;
     if (st == MOX_IN_PROGRESS)
         return 0;
     finish(req, st);
@@ -180,6 +216,7 @@ mox_status_t mox__req_start(struct mox_req *req, mox_req_t *out)
     req->next = c->active;
     c->active = req;
     step(req);
+    c->cur = NULL;
     *out = req;
     return MOX_OK;
 }

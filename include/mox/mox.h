@@ -411,9 +411,17 @@ typedef struct {
     uint64_t msgs_intra;
     uint64_t msgs_inter;
     uint64_t time_ns;          /* wall time inside collectives (start to done) */
+    /* The last collective that finished, counted exactly even when
+     * collectives overlap: */
+    uint64_t last_bytes_intra, last_bytes_inter;
+    uint64_t last_msgs_intra, last_msgs_inter;
+    uint64_t last_time_ns;
+    char last_op[32];          /* its algorithm, e.g. "alltoallv_hier" */
 } mox_stats_t;
 
-/* Cumulative counters of this rank on `comm`. */
+/* Counters of this rank on `comm`: cumulative, and of the last finished
+ * collective. Bytes are payload plus mox's headers as handed to the
+ * transports (what crosses the network adds the transport's framing). */
 MOX_API mox_status_t mox_comm_stats(mox_comm_t comm, mox_stats_t *stats);
 
 #ifdef __cplusplus

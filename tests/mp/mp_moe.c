@@ -511,6 +511,16 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
     mox_comm_stats(comm, &s1);
     *inter_dispatch = s1.bytes_inter - s0.bytes_inter;
     last_status = st;
+    /* The per-operation counters describe exactly this dispatch. */
+    if (st == MOX_OK && (s1.last_bytes_inter != *inter_dispatch ||
+                         s1.last_bytes_intra != s1.bytes_intra - s0.bytes_intra ||
+                         strcmp(s1.last_op, "moe_dispatch") != 0)) {
+        fprintf(stderr, "rank %d: last-op stats %s %" PRIu64 "/%" PRIu64
+                " disagree with the cumulative delta %" PRIu64 "\n", me,
+                s1.last_op, s1.last_bytes_inter, s1.last_bytes_intra,
+                *inter_dispatch);
+        st = MOX_ERR_PROTOCOL;
+    }
     int bad = 0;
     if (strcmp(o.mode, "ok") != 0) {
         /* Error modes: print what happened; main judges it. */
