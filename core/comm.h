@@ -110,6 +110,12 @@ mox_status_t mox__req_start(struct mox_req *req, mox_req_t *out);
 mox_status_t mox__treq_check(mox__comm_t *c, const mox__treq_t *r,
                              const char *what);
 
+/* 1 when every posted request of t[0..n) is done. */
+int mox__treqs_done(const mox__treq_t *t, size_t n);
+/* First failure among the posted requests of t[0..n), named; else MOX_OK. */
+mox_status_t mox__treqs_check(mox__comm_t *c, const mox__treq_t *t, size_t n,
+                              const char *what);
+
 uint64_t mox__now_ns(void);
 
 /* Free every request of the communicator (at destroy). */

@@ -105,6 +105,27 @@ mox_status_t mox__treq_check(mox__comm_t *c, const mox__treq_t *r,
                      mox_strerror(r->status));
 }
 
+int mox__treqs_done(const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].posted && !t[i].done)
+            return 0;
+    return 1;
+}
+
+mox_status_t mox__treqs_check(mox__comm_t *c, const mox__treq_t *t, size_t n,
+                              const char *what)
+{
+    for (size_t i = 0; i < n; i++) {
+        if (!t[i].posted)
+            continue;
+        mox_status_t st = mox__treq_check(c, &t[i], what);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
 mox_status_t mox__req_new(mox__comm_t *c, const char *name,
                           struct mox_req **out)
 {

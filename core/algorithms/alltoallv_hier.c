@@ -69,33 +69,12 @@ static void free_state(struct mox_req *req)
     free(s->netin);
 }
 
-static int all_done(const mox__treq_t *t, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (t[i].posted && !t[i].done)
-            return 0;
-    return 1;
-}
-
-static mox_status_t check_all(mox__comm_t *c, const mox__treq_t *t, size_t n,
-                              const char *what)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (!t[i].posted)
-            continue;
-        mox_status_t st = mox__treq_check(c, &t[i], what);
-        if (st != MOX_OK)
-            return st;
-    }
-    return MOX_OK;
-}
-
 /* Phase 1 -> 2: all gather headers are in; post the payload receives. */
 static mox_status_t post_gather_data(struct mox_req *req)
 {
     hier_t *s = req->state;
     mox__comm_t *c = req->comm;
-    mox_status_t st = check_all(c, s->ghdr_recv, (size_t)s->L,
+    mox_status_t st = mox__treqs_check(c, s->ghdr_recv, (size_t)s->L,
                                 "gather header");
     uint64_t total = 0;
     mox__wire_hdr_t expect = {MOX_WIRE_A2A_GATHER, req->seq,
@@ -136,7 +115,7 @@ static mox_status_t post_net_sends(struct mox_req *req)
 {
     hier_t *s = req->state;
     mox__comm_t *c = req->comm;
-    mox_status_t st = check_all(c, s->gdata_recv, (size_t)s->L,
+    mox_status_t st = mox__treqs_check(c, s->gdata_recv, (size_t)s->L,
                                 "gather payload");
     for (int a = 0; a < s->L && st == MOX_OK; a++)
         if (s->gdata_recv[a].posted && s->gdata_recv[a].bytes != s->gbytes[a])
@@ -256,24 +235,24 @@ static mox_status_t progress(struct mox_req *req)
     mox_status_t st = s->start_error;
     if (st != MOX_OK)
         return st;
-    if (s->phase == 1 && all_done(s->ghdr_recv, (size_t)s->L)) {
+    if (s->phase == 1 && mox__treqs_done(s->ghdr_recv, (size_t)s->L)) {
         s->phase = 2;
         if ((st = post_gather_data(req)) != MOX_OK)
             return st;
     }
-    if (s->phase == 2 && all_done(s->gdata_recv, (size_t)s->L)) {
+    if (s->phase == 2 && mox__treqs_done(s->gdata_recv, (size_t)s->L)) {
         s->phase = 3;
         if ((st = post_net_sends(req)) != MOX_OK)
             return st;
     }
-    if (s->phase != 3 || !all_done(s->t, s->nt))
+    if (s->phase != 3 || !mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
     st = check_local(c, s);
     for (int b = 0; b < s->N && st == MOX_OK; b++)
         if (b != s->my_node)
             st = scatter_node(c, s, b, req->seq);
     if (st == MOX_OK)
-        st = check_all(c, s->t, s->nt, "alltoallv");
+        st = mox__treqs_check(c, s->t, s->nt, "alltoallv");
     return st;
 }
 

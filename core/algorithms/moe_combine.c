@@ -256,27 +256,16 @@ static mox_status_t finish_out(combine_t *s)
     return MOX_OK;
 }
 
-static int all_done(const mox__treq_t *t, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (t[i].posted && !t[i].done)
-            return 0;
-    return 1;
-}
-
+/* Receives are posted only for nonzero counts: an empty one is a peer's
+ * bug. */
 static mox_status_t check_all(mox__comm_t *c, const mox__treq_t *t, size_t n)
 {
-    for (size_t i = 0; i < n; i++) {
-        if (!t[i].posted)
-            continue;
-        mox_status_t st = mox__treq_check(c, &t[i], "moe combine");
-        if (st == MOX_OK && !t[i].is_send && t[i].bytes == 0)
+    mox_status_t st = mox__treqs_check(c, t, n, "moe combine");
+    for (size_t i = 0; i < n && st == MOX_OK; i++)
+        if (t[i].posted && !t[i].is_send && t[i].bytes == 0)
             st = mox__fail(c, MOX_ERR_PROTOCOL, "moe combine: empty message "
                            "from rank %d", t[i].peer);
-        if (st != MOX_OK)
-            return st;
-    }
-    return MOX_OK;
+    return st;
 }
 
 static mox_status_t progress(struct mox_req *req)
@@ -287,7 +276,7 @@ static mox_status_t progress(struct mox_req *req)
     if (st != MOX_OK)
         return st;
     if (s->phase == 1) {
-        if (!all_done(s->precv, (size_t)s->L))
+        if (!mox__treqs_done(s->precv, (size_t)s->L))
             return MOX_IN_PROGRESS;
         if ((st = check_all(m->comm, s->precv, (size_t)s->L)) != MOX_OK)
             return st;
@@ -295,7 +284,7 @@ static mox_status_t progress(struct mox_req *req)
         if ((st = post_sums(req, s)) != MOX_OK)
             return st;
     }
-    if (!all_done(s->t, s->nt))
+    if (!mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
     if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
         return st;

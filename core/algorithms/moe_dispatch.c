@@ -486,26 +486,6 @@ static mox_status_t unpack(dispatch_t *s)
 
 /* ---- state machine ---------------------------------------------------- */
 
-static int all_done(const mox__treq_t *t, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        if (t[i].posted && !t[i].done)
-            return 0;
-    return 1;
-}
-
-static mox_status_t check_all(mox__comm_t *c, const mox__treq_t *t, size_t n)
-{
-    for (size_t i = 0; i < n; i++) {
-        if (!t[i].posted)
-            continue;
-        mox_status_t st = mox__treq_check(c, &t[i], "moe dispatch");
-        if (st != MOX_OK)
-            return st;
-    }
-    return MOX_OK;
-}
-
 static mox_status_t progress(struct mox_req *req)
 {
     dispatch_t *s = req->state;
@@ -514,7 +494,7 @@ static mox_status_t progress(struct mox_req *req)
     if (st != MOX_OK)
         return st;
     if (s->phase == 1) {
-        if (!all_done(s->nsend, 2 * (size_t)m->P))
+        if (!mox__treqs_done(s->nsend, 2 * (size_t)m->P))
             return MOX_IN_PROGRESS;
         if ((st = read_notify(req, s)) != MOX_OK)
             return st;
@@ -529,17 +509,19 @@ static mox_status_t progress(struct mox_req *req)
             return st;
     }
     if (s->phase == 3) {
-        if (!all_done(s->hrecv, (size_t)m->P))
+        if (!mox__treqs_done(s->hrecv, (size_t)m->P))
             return MOX_IN_PROGRESS;
-        if ((st = check_all(m->comm, s->hrecv, (size_t)m->P)) != MOX_OK)
+        st = mox__treqs_check(m->comm, s->hrecv, (size_t)m->P, "moe dispatch");
+        if (st != MOX_OK)
             return st;
         s->phase = 4;
         if (m->forward && (st = post_forwards(req, s)) != MOX_OK)
             return st;
     }
-    if (!all_done(s->t, s->nt))
+    if (!mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
-    if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
+    st = mox__treqs_check(m->comm, s->t, s->nt, "moe dispatch");
+    if (st != MOX_OK)
         return st;
     st = unpack(s);
     if (st == MOX_ERR_OVERFLOW)
