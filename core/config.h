@@ -77,6 +77,18 @@ typedef enum {
     X(moe_combine_wire, "MOX_MOE_COMBINE_WIRE", MOX_CFG_ENUM, "f32",           \
       "f32|bf16", 0, 0,                                                        \
       "MoE combine wire format when the handle's config says DEFAULT")         \
+    X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",   \
+      "auto|flat|hier", 0, 0,                                                  \
+      "reduce-scatter algorithm: flat (direct, fixed rank order) or hier "     \
+      "(shm inside nodes, then rail peers); auto = hier on equal nodes")       \
+    X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
+      "auto|flat|hier", 0, 0,                                                  \
+      "allgather algorithm: flat (direct) or hier (rail peers, then shm "      \
+      "forwarding); auto = hier on equal nodes")                               \
+    X(rs_chunk_bytes, "MOX_RS_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 4096,     \
+      (int64_t)1 << 34,                                                        \
+      "reduce-scatter/allgather pipeline chunk (bytes of input per message); " \
+      "part of the fixed reduction order")                                     \
     X(stats, "MOX_STATS", MOX_CFG_BOOL, "0", NULL, 0, 0,                       \
       "print this rank's traffic counters when the communicator is "           \
       "destroyed")

@@ -401,6 +401,119 @@ MOX_API mox_status_t mox_moe_combine(mox_moe_t moe, const void *expert_out,
                                      void *out);
 
 /* ------------------------------------------------------------------ */
+/* Reduce-scatter and allgather                                        */
+/*
+ * Reductions. Values are part of the ABI and never change. avg is the sum
+ * divided by the communicator size; it is defined for float types only.
+ * Integer sum and prod wrap modulo 2^bits; max and min propagate NaN.
+ */
+typedef enum {
+    MOX_OP_SUM = 0,
+    MOX_OP_PROD = 1,
+    MOX_OP_MAX = 2,
+    MOX_OP_MIN = 3,
+    MOX_OP_AVG = 4
+} mox_op_t;
+
+/* Pass as sendbuf for the in-place forms (see each call). */
+#define MOX_IN_PLACE ((const void *)1)
+
+/*
+ * Reduce-scatter with per-rank counts: element-wise reduction over all
+ * ranks of sendbuf (sum of recvcounts elements of `dtype`, rank j's slice
+ * at the prefix sum of recvcounts[0..j)), then rank j receives its slice,
+ * recvcounts[j] elements, in recvbuf. Every rank passes the same
+ * recvcounts, dtype and op; a disagreement is MOX_ERR_MISMATCH naming the
+ * ranks, not a hang.
+ *
+ * In place: sendbuf == MOX_IN_PLACE takes the input from recvbuf (which
+ * then holds the full vector) and writes the result at its start. Other
+ * overlap between sendbuf and recvbuf is MOX_ERR_INVALID_ARG.
+ *
+ * Numerics: f16/bf16 accumulate in f32 and are rounded to nearest even
+ * once, at the end. The reduction order is fixed by the layout (ranks per
+ * node, nodes, algorithm, MOX_RS_CHUNK), so the result is bitwise the same
+ * from run to run of the same layout; see docs/reduce_scatter.md for the
+ * order and the tolerances against an exact reference.
+ *
+ * Buffers belong to the caller and must stay untouched until the request
+ * finishes; recvcounts is read during the call only. Thread safety: as the
+ * communicator. Errors: MOX_ERR_INVALID_ARG (unknown dtype or op, avg on an
+ * integer type, NULL buffer with a nonzero count, overlapping buffers),
+ * MOX_ERR_OVERFLOW, MOX_ERR_MISMATCH, MOX_ERR_TIMEOUT, MOX_ERR_PEER.
+ */
+MOX_API mox_status_t mox_ireduce_scatter_v(mox_comm_t comm,
+                                           const void *sendbuf, void *recvbuf,
+                                           const uint64_t *recvcounts,
+                                           mox_dtype_t dtype, mox_op_t op,
+                                           mox_req_t *req);
+MOX_API mox_status_t mox_reduce_scatter_v(mox_comm_t comm,
+                                          const void *sendbuf, void *recvbuf,
+                                          const uint64_t *recvcounts,
+                                          mox_dtype_t dtype, mox_op_t op);
+/* Equal blocks: every rank receives `recvcount` elements; sendbuf holds
+ * size * recvcount (as MPI_Reduce_scatter_block). */
+MOX_API mox_status_t mox_ireduce_scatter(mox_comm_t comm, const void *sendbuf,
+                                         void *recvbuf, uint64_t recvcount,
+                                         mox_dtype_t dtype, mox_op_t op,
+                                         mox_req_t *req);
+MOX_API mox_status_t mox_reduce_scatter(mox_comm_t comm, const void *sendbuf,
+                                        void *recvbuf, uint64_t recvcount,
+                                        mox_dtype_t dtype, mox_op_t op);
+
+/*
+ * Block-sparse reduce-scatter. sendbuf is the dense input (size * recvcount
+ * elements), cut into blocks of `block_elems` elements; blocks[0..nblocks)
+ * lists, strictly ascending, the blocks this rank touched. Only those
+ * travel; the others are taken as zero, whatever sendbuf holds there. The
+ * result equals mox_reduce_scatter of the same data with absent blocks
+ * zeroed (bitwise, except that -0.0 may come out as +0.0 or back), and
+ * blocks absent on every rank come out zero. Ops: sum and avg.
+ * recvcount must be a multiple of block_elems. The bytes that did not
+ * travel are counted in mox_stats_t.bytes_sparse_saved. Different ranks may
+ * list different blocks; block_elems, recvcount, dtype and op must agree.
+ * In place: as mox_ireduce_scatter. Errors: as above, plus
+ * MOX_ERR_INVALID_ARG for an unsorted, repeated or out-of-range block
+ * index and MOX_ERR_UNSUPPORTED for ops other than sum and avg.
+ */
+MOX_API mox_status_t mox_ireduce_scatter_sparse(
+    mox_comm_t comm, const void *sendbuf, void *recvbuf, uint64_t recvcount,
+    mox_dtype_t dtype, mox_op_t op, uint64_t block_elems,
+    const uint64_t *blocks, uint64_t nblocks, mox_req_t *req);
+MOX_API mox_status_t mox_reduce_scatter_sparse(
+    mox_comm_t comm, const void *sendbuf, void *recvbuf, uint64_t recvcount,
+    mox_dtype_t dtype, mox_op_t op, uint64_t block_elems,
+    const uint64_t *blocks, uint64_t nblocks);
+
+/*
+ * Allgather with per-rank counts: rank i's sendcount elements (which must
+ * equal recvcounts[i]) land on every rank at element displs[i] of recvbuf.
+ * Every rank passes the same recvcounts (checked: MOX_ERR_MISMATCH);
+ * displs are this rank's own layout. In place: sendbuf == MOX_IN_PLACE
+ * means this rank's block is already at recvbuf + displs[rank]. Blocks
+ * must not overlap in recvbuf; sendbuf must not overlap recvbuf
+ * (MOX_ERR_INVALID_ARG). Buffers as for reduce-scatter.
+ */
+MOX_API mox_status_t mox_iallgatherv(mox_comm_t comm, const void *sendbuf,
+                                     uint64_t sendcount, void *recvbuf,
+                                     const uint64_t *recvcounts,
+                                     const uint64_t *displs,
+                                     mox_dtype_t dtype, mox_req_t *req);
+MOX_API mox_status_t mox_allgatherv(mox_comm_t comm, const void *sendbuf,
+                                    uint64_t sendcount, void *recvbuf,
+                                    const uint64_t *recvcounts,
+                                    const uint64_t *displs,
+                                    mox_dtype_t dtype);
+/* Equal blocks: `count` elements from every rank, rank i's at element
+ * i * count of recvbuf. In place: this rank's block already sits there. */
+MOX_API mox_status_t mox_iallgather(mox_comm_t comm, const void *sendbuf,
+                                    void *recvbuf, uint64_t count,
+                                    mox_dtype_t dtype, mox_req_t *req);
+MOX_API mox_status_t mox_allgather(mox_comm_t comm, const void *sendbuf,
+                                   void *recvbuf, uint64_t count,
+                                   mox_dtype_t dtype);
+
+/* ------------------------------------------------------------------ */
 /* Statistics                                                          */
 
 typedef struct {
@@ -417,6 +530,8 @@ typedef struct {
     uint64_t last_msgs_intra, last_msgs_inter;
     uint64_t last_time_ns;
     char last_op[32];          /* its algorithm, e.g. "alltoallv_hier" */
+    uint64_t bytes_sparse_saved; /* bytes block-sparse reduce-scatter did
+                                    not send (absent blocks) */
 } mox_stats_t;
 
 /* Counters of this rank on `comm`: cumulative, and of the last finished

@@ -37,6 +37,8 @@ def main():
     ap.add_argument("--within", type=float, default=0)
     ap.add_argument("--timeout", type=int, default=300)
     ap.add_argument("--env", action="append", default=[])
+    ap.add_argument("--mpi", action="store_true",
+                    help="launch through mox-run --mpi (Open MPI's mpirun)")
     ap.add_argument("cmd", nargs=argparse.REMAINDER)
     a = ap.parse_args()
     cmd = a.cmd[1:] if a.cmd and a.cmd[0] == "--" else a.cmd
@@ -47,6 +49,8 @@ def main():
     stats.close()
     argv = [a.mox_run, "-n", str(a.n), "--timeout", str(a.timeout),
             "--link-stats", stats.name]
+    if a.mpi:
+        argv += ["--mpi"]
     if a.nodes:
         argv += ["--nodes", str(a.nodes)]
     if a.node_sizes:
@@ -106,7 +110,8 @@ def check_success(a, p, link):
         m = re.search(r"MOXTEST ok rank (\d+)(.*)", line)
         if m:
             fields = m.group(2).split()
-            oks[int(m.group(1))] = dict(zip(fields[::2], map(int, fields[1::2])))
+            oks[int(m.group(1))] = {k: int(v) for k, v in zip(fields[::2], fields[1::2])
+                                    if v.isdigit()}
     missing = sorted(set(range(a.n)) - set(oks))
     if missing:
         print("check_run: FAIL: no MOXTEST ok line from ranks %s" % missing)
