@@ -204,7 +204,8 @@ static int comm_stats(mox_v1_comm_t c, mox_v1_stats_t *s)
 
 /* ---- requests ------------------------------------------------------ */
 
-/* Wrap a started mox request, or clean up after a failed start. */
+/* Wrap a started mox request (`st` is its start's status; callers compute
+ * it before the call, since argument evaluation order is unspecified). */
 static int wrap_req(struct mox_v1_comm *c, mox_status_t st, mox_req_t inner,
                     mox_v1_req_t *out, struct mox_v1_moe *m,
                     mox_v1_moe_output_t *moe_out)
@@ -272,8 +273,9 @@ static int ibarrier(mox_v1_comm_t c, mox_v1_req_t *req)
 {
     if (!c || !req)
         return MOX_ERR_INVALID_ARG;
-    mox_req_t in;
-    return wrap_req(c, mox_ibarrier(c->inner, &in), in, req, NULL, NULL);
+    mox_req_t in = NULL;
+    mox_status_t st = mox_ibarrier(c->inner, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
 }
 
 static int ialltoall(mox_v1_comm_t c, mox_v1_cbuf_t sb, mox_v1_buf_t rb,
@@ -283,10 +285,10 @@ static int ialltoall(mox_v1_comm_t c, mox_v1_cbuf_t sb, mox_v1_buf_t rb,
         return MOX_ERR_INVALID_ARG;
     if (!is_host(sb.mem_type) || !is_host(rb.mem_type))
         return MOX_ERR_UNSUPPORTED;
-    mox_req_t in;
-    return wrap_req(c, mox_ialltoall(c->inner, sb.ptr, rb.ptr, count,
-                                     elem_bytes, &in),
-                    in, req, NULL, NULL);
+    mox_req_t in = NULL;
+    mox_status_t st = mox_ialltoall(c->inner, sb.ptr, rb.ptr, count,
+                                    elem_bytes, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
 }
 
 static int ialltoallv(mox_v1_comm_t c, mox_v1_cbuf_t sb, const uint64_t *sc,
@@ -297,10 +299,10 @@ static int ialltoallv(mox_v1_comm_t c, mox_v1_cbuf_t sb, const uint64_t *sc,
         return MOX_ERR_INVALID_ARG;
     if (!is_host(sb.mem_type) || !is_host(rb.mem_type))
         return MOX_ERR_UNSUPPORTED;
-    mox_req_t in;
-    return wrap_req(c, mox_ialltoallv(c->inner, sb.ptr, sc, sd, rb.ptr, rc,
-                                      rd, elem_bytes, &in),
-                    in, req, NULL, NULL);
+    mox_req_t in = NULL;
+    mox_status_t st = mox_ialltoallv(c->inner, sb.ptr, sc, sd, rb.ptr, rc,
+                                     rd, elem_bytes, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
 }
 
 /* ---- MoE ----------------------------------------------------------- */
@@ -371,9 +373,9 @@ static int moe_inotify(mox_v1_moe_t m, const mox_v1_moe_input_t *in,
     int st = moe_input(in, &mi);
     if (st != MOX_OK)
         return st;
-    mox_req_t r;
-    return wrap_req(m->comm, mox_moe_inotify(m->inner, &mi, &r), r, req,
-                    NULL, NULL);
+    mox_req_t r = NULL;
+    st = mox_moe_inotify(m->inner, &mi, &r);
+    return wrap_req(m->comm, st, r, req, NULL, NULL);
 }
 
 static int moe_recv_count(mox_v1_moe_t m, uint64_t *num_recv,
@@ -408,9 +410,9 @@ static int moe_idispatch(mox_v1_moe_t m, const mox_v1_moe_input_t *in,
         .recv_src = out->recv_src.ptr,
         .recv_per_expert = out->recv_per_expert.ptr};
     out->num_recv = 0;
-    mox_req_t r;
-    return wrap_req(m->comm, mox_moe_idispatch(m->inner, &mi, &m->out, &r), r,
-                    req, m, out);
+    mox_req_t r = NULL;
+    st = mox_moe_idispatch(m->inner, &mi, &m->out, &r);
+    return wrap_req(m->comm, st, r, req, m, out);
 }
 
 static int moe_icombine(mox_v1_moe_t m, mox_v1_cbuf_t expert_out,
@@ -420,10 +422,9 @@ static int moe_icombine(mox_v1_moe_t m, mox_v1_cbuf_t expert_out,
         return MOX_ERR_INVALID_ARG;
     if (!is_host(expert_out.mem_type) || !is_host(out.mem_type))
         return MOX_ERR_UNSUPPORTED;
-    mox_req_t r;
-    return wrap_req(m->comm, mox_moe_icombine(m->inner, expert_out.ptr,
-                                              out.ptr, &r),
-                    r, req, NULL, NULL);
+    mox_req_t r = NULL;
+    mox_status_t st = mox_moe_icombine(m->inner, expert_out.ptr, out.ptr, &r);
+    return wrap_req(m->comm, st, r, req, NULL, NULL);
 }
 
 /* ---- the table ----------------------------------------------------- */

@@ -65,11 +65,12 @@ extern "C" {
 #define MOX_V1_DTYPE_F32 5
 #define MOX_V1_DTYPE_F64 6
 
-/* Reduction operations (for the reduce-scatter entries to come). */
+/* Reduction operations (same numbers as mox_op_t). */
 #define MOX_V1_OP_SUM 0
 #define MOX_V1_OP_PROD 1
-#define MOX_V1_OP_MIN 2
-#define MOX_V1_OP_MAX 3
+#define MOX_V1_OP_MAX 2
+#define MOX_V1_OP_MIN 3
+#define MOX_V1_OP_AVG 4
 
 /* Memory types of a buffer. Only host memory is defined in v1; device is
  * reserved so that v1 buffer descriptors can carry it later. A plugin

@@ -1,0 +1,655 @@
+/*
+ * Reduce-scatter on a grid of N rows x L columns (core/rsag.h): rows are
+ * nodes and columns rails (hier), or one row of all ranks (flat).
+ *
+ *  1. inside a row (shm for hier): every rank sends each row peer, straight
+ *     from its input, the blocks of that peer's column (the peer's "rail
+ *     slice": the blocks owned by (n, col) for every row n), chunk by
+ *     chunk. Each rank reduces the L contributions to its rail slice in
+ *     column order 0..L-1, chunk by chunk as they arrive;
+ *  2. along the column (the rail, over the network for hier): a reduced
+ *     chunk of the block owned by (n, col) goes to that rank as soon as it
+ *     is ready, in the accumulator type (f32 for 16-bit floats, so they are
+ *     rounded once); the owner reduces the N row partials in row order
+ *     0..N-1 and writes its result.
+ * Every byte crosses the network once and each rank sends and receives
+ * (P-1)/P of the vector, like a ring, but all messages are posted at once;
+ * chunks pipeline the two phases. The reduction order is fixed by the grid
+ * and the chunk size, so results are bitwise reproducible.
+ *
+ * Sparse mode: every message is a bitmap of the blocks it carries followed
+ * by those blocks; partials start at zero and absent blocks are skipped.
+ * Every rank also exchanges an agreement header (counts, type, op) with its
+ * row and column peers: by transitivity along rows and columns all ranks
+ * agree, or some pair reports MOX_ERR_MISMATCH naming both.
+ */
+#include "core/comm.h"
+#include "core/dtype.h"
+#include "core/reduce.h"
+#include "core/rsag.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+enum { STEP_HDR = 1, STEP_ROW = 2, STEP_COL = 3 };
+
+/* Sparse messages start with 64-bit bitmap words: keep every slot and
+ * packed message 8-byte aligned. */
+#define ALIGN8(x) (((size_t)(x) + 7) & ~(size_t)7)
+
+typedef struct {
+    mox_status_t start_error;
+    int hdr_checked;
+    mox__grid_t g;
+    int P, me;
+    mox_dtype_t dt, acc_t;
+    mox_op_t op;
+    size_t esz, asz;
+    const char *in;
+    char *out;
+    uint64_t *count, *displ;       /* [P] */
+    uint64_t chunk;                /* elements per segment */
+    uint64_t be;                   /* sparse block elements; 0 = dense */
+    uint64_t *in_mask;             /* sparse: my present blocks, global */
+    uint64_t *acc_mask;            /* sparse: slice blocks present in acc */
+    /* Rail slice: block of rank (n, col) at slice elements
+     * [slice_off[n], slice_off[n+1]); its segments are slice segments
+     * [slice_seg[n], slice_seg[n+1]). */
+    uint64_t *slice_off;           /* [N+1] */
+    uint32_t *slice_seg;           /* [N+1] */
+    uint32_t nss;                  /* segments of the slice */
+    size_t *slot1;                 /* [nss+1] byte offset of a segment in a
+                                      row peer's receive area */
+    size_t *slot2;                 /* [my segments + 1], column partials */
+    char *acc;                     /* slice, accumulator type */
+    char *rx1;                     /* (L-1) row peers' contributions */
+    char *rx2;                     /* (N-1) column partials of my block */
+    char *fin;                     /* my block, final accumulator (N > 1) */
+    char *pack1, *pack2;           /* sparse send staging */
+    size_t *pack2_off;             /* [nss+1] */
+    uint8_t *seg_done;             /* [nss] reduced over the row */
+    uint32_t *cursor;              /* [N] next segment to send down rail */
+    mox__rsag_hdr_t hdr;
+    unsigned char hdr_out[MOX_RSAG_HDR_BYTES];
+    unsigned char *hdr_in;         /* [L-1 + N-1][HDR_BYTES] */
+    int nhdr;
+    mox__treq_t *t;
+    mox__treq_t *hdr_send, *hdr_recv, *row_recv, *row_send, *col_send,
+        *col_recv;
+    size_t nt, n_row_send, n_col_send;
+    void *mem;                     /* buffers, one allocation */
+} rs_t;
+
+static void free_state(struct mox_req *req)
+{
+    rs_t *s = req->state;
+    if (s)
+        free(s->mem);
+}
+
+/* Rank owning slice block n; segment k of a rank's block. */
+static int owner(const rs_t *s, int n) { return s->g.rank[n * s->g.L + s->g.col]; }
+static uint64_t seg_len(const rs_t *s, int r, uint32_t k)
+{
+    uint64_t left = s->count[r] - (uint64_t)k * s->chunk;
+    return left < s->chunk ? left : s->chunk;
+}
+static size_t bm_bytes(const rs_t *s, uint64_t len)
+{
+    return s->be ? 8 * (size_t)((len / s->be + 63) / 64) : 0;
+}
+static int bit(const uint64_t *m, uint64_t i) { return (int)(m[i / 64] >> (i % 64)) & 1; }
+static void set_bit(uint64_t *m, uint64_t i) { m[i / 64] |= UINT64_C(1) << (i % 64); }
+/* Row-peer index of column l (skipping mine). */
+static int peer_idx(const rs_t *s, int l) { return l < s->g.col ? l : l - 1; }
+
+/* Slice block and segment of slice segment `ss`. */
+static void seg_of(const rs_t *s, uint32_t ss, int *n, uint32_t *k)
+{
+    int b = 0;
+    while (s->slice_seg[b + 1] <= ss)
+        b++;
+    *n = b;
+    *k = ss - s->slice_seg[b];
+}
+
+/* Pack `len` elements (sparse blocks present in `mask` starting at bit
+ * `bit0`) from src into dst as bitmap + blocks; returns bytes written. */
+static size_t pack(const rs_t *s, const uint64_t *mask, uint64_t bit0,
+                   const char *src, size_t elsz, uint64_t len, char *dst)
+{
+    uint64_t nsb = len / s->be;
+    size_t bm = bm_bytes(s, len);
+    uint64_t *words = (uint64_t *)(void *)dst;
+    memset(dst, 0, bm);
+    char *p = dst + bm;
+    size_t blk = (size_t)s->be * elsz;
+    for (uint64_t b = 0; b < nsb; b++)
+        if (bit(mask, bit0 + b)) {
+            words[b / 64] |= UINT64_C(1) << (b % 64);
+            memcpy(p, src + b * blk, blk);
+            p += blk;
+        }
+    return (size_t)(p - dst);
+}
+
+static uint64_t popcount_mask(const uint64_t *m, uint64_t nbits)
+{
+    uint64_t n = 0;
+    for (uint64_t i = 0; i < nbits; i++)
+        n += (uint64_t)bit(m, i);
+    return n;
+}
+
+/* Check a sparse message of `len` elements: bits past the end are clear
+ * and the size matches the bitmap. */
+static mox_status_t check_sparse(mox__comm_t *c, const rs_t *s,
+                                 const mox__treq_t *r, const char *msg,
+                                 uint64_t len, size_t elsz)
+{
+    uint64_t nsb = len / s->be;
+    size_t bm = bm_bytes(s, len);
+    const uint64_t *w = (const uint64_t *)(const void *)msg;
+    if (r->bytes < bm)
+        return mox__fail(c, MOX_ERR_MISMATCH, "reduce_scatter_sparse: "
+                         "rank %d sent %zu bytes, less than the %zu-byte "
+                         "bitmap rank %d expects", r->peer, r->bytes, bm,
+                         c->rank);
+    if (nsb % 64 && (w[nsb / 64] >> (nsb % 64)))
+        return mox__fail(c, MOX_ERR_PROTOCOL, "reduce_scatter_sparse: "
+                         "rank %d sent a bitmap with bits past %llu blocks",
+                         r->peer, (unsigned long long)nsb);
+    uint64_t want = bm + popcount_mask(w, nsb) * s->be * elsz;
+    if (r->bytes != want)
+        return mox__fail(c, MOX_ERR_MISMATCH, "reduce_scatter_sparse: "
+                         "rank %d sent %zu bytes, its bitmap says %llu",
+                         r->peer, r->bytes, (unsigned long long)want);
+    return MOX_OK;
+}
+
+/* Fold a message's present blocks into acc (sum), marking them in amask
+ * from bit abit0. */
+static void fold_sparse(const rs_t *s, char *acc, uint64_t *amask,
+                        uint64_t abit0, const char *msg, uint64_t len,
+                        mox_dtype_t src_t, size_t elsz)
+{
+    uint64_t nsb = len / s->be;
+    const uint64_t *w = (const uint64_t *)(const void *)msg;
+    const char *p = msg + bm_bytes(s, len);
+    for (uint64_t b = 0; b < nsb; b++) {
+        if (!bit(w, b))
+            continue;
+        mox__reduce_apply(MOX_OP_SUM, s->acc_t, acc + b * s->be * s->asz,
+                          src_t, p, s->be);
+        p += s->be * elsz;
+        if (amask)
+            set_bit(amask, abit0 + b);
+    }
+}
+
+static mox_status_t check_size(mox__comm_t *c, const mox__treq_t *r,
+                               size_t want)
+{
+    if (r->status == MOX_ERR_TRUNCATED || (r->status == MOX_OK &&
+                                           r->bytes != want))
+        return mox__fail(c, MOX_ERR_MISMATCH, "reduce_scatter: rank %d sent "
+                         "%zu bytes%s where rank %d expects %zu: counts "
+                         "differ", r->peer, r->bytes,
+                         r->status == MOX_ERR_TRUNCATED ? " (or more)" : "",
+                         c->rank, want);
+    return mox__treq_check(c, r, "reduce_scatter receive");
+}
+
+/* All row contributions of slice segment ss are here: reduce them in
+ * column order into acc. */
+static mox_status_t reduce_row(mox__comm_t *c, rs_t *s, uint32_t ss)
+{
+    int n;
+    uint32_t k;
+    seg_of(s, ss, &n, &k);
+    int r = owner(s, n);
+    uint64_t len = seg_len(s, r, k);
+    uint64_t el0 = s->displ[r] + (uint64_t)k * s->chunk; /* global */
+    uint64_t sl0 = s->slice_off[n] + (uint64_t)k * s->chunk;
+    char *acc = s->acc + sl0 * s->asz;
+    for (int l = 0; l < s->g.L; l++) {
+        const char *src;
+        if (l == s->g.col) {
+            src = s->in + el0 * s->esz;
+        } else {
+            const mox__treq_t *q =
+                &s->row_recv[(size_t)peer_idx(s, l) * s->nss + ss];
+            src = s->rx1 + (size_t)peer_idx(s, l) * s->slot1[s->nss] +
+                  s->slot1[ss];
+            mox_status_t st = s->be ? mox__treq_check(c, q, "reduce_scatter "
+                                                      "receive")
+                                    : check_size(c, q, len * s->esz);
+            if (st == MOX_OK && s->be)
+                st = check_sparse(c, s, q, src, len, s->esz);
+            if (st != MOX_OK)
+                return st;
+        }
+        if (s->be && l == s->g.col) {
+            for (uint64_t b = 0; b < len / s->be; b++)
+                if (bit(s->in_mask, el0 / s->be + b)) {
+                    mox__reduce_apply(MOX_OP_SUM, s->acc_t,
+                                      acc + b * s->be * s->asz, s->dt,
+                                      src + b * s->be * s->esz, s->be);
+                    set_bit(s->acc_mask, sl0 / s->be + b);
+                }
+        } else if (s->be) {
+            fold_sparse(s, acc, s->acc_mask, sl0 / s->be, src, len, s->dt,
+                        s->esz);
+        } else if (l == 0) {
+            mox__reduce_init(s->acc_t, acc, s->dt, src, len);
+        } else {
+            mox__reduce_apply(s->op, s->acc_t, acc, s->dt, src, len);
+        }
+    }
+    return MOX_OK;
+}
+
+/* Send reduced segments of other rows' blocks down the rail, in order. */
+static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
+{
+    size_t i = 0;
+    for (int n = 0; n < s->g.N; n++) {
+        if (n == s->g.row)
+            continue;
+        int r = owner(s, n);
+        uint32_t nseg = s->slice_seg[n + 1] - s->slice_seg[n];
+        size_t base = i;
+        i += nseg;
+        while (s->cursor[n] < nseg &&
+               s->seg_done[s->slice_seg[n] + s->cursor[n]]) {
+            uint32_t k = s->cursor[n]++;
+            uint32_t ss = s->slice_seg[n] + k;
+            uint64_t len = seg_len(s, r, k);
+            uint64_t sl0 = s->slice_off[n] + (uint64_t)k * s->chunk;
+            const char *src = s->acc + sl0 * s->asz;
+            size_t bytes = len * s->asz;
+            if (s->be) {
+                char *dst = s->pack2 + s->pack2_off[ss];
+                bytes = pack(s, s->acc_mask, sl0 / s->be, src, s->asz, len,
+                             dst);
+                c->stats.bytes_sparse_saved +=
+                    len * s->asz > bytes ? len * s->asz - bytes : 0;
+                src = dst;
+            }
+            mox_status_t st = mox__isend(c, r, tag, src, bytes,
+                                         &s->col_send[base + k]);
+            if (st != MOX_OK)
+                return st;
+        }
+    }
+    return MOX_OK;
+}
+
+/* Everything arrived: reduce the column partials of my block in row
+ * order and write the result. */
+static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
+{
+    uint64_t cnt = s->count[s->me];
+    const char *res = s->acc + s->slice_off[s->g.row] * s->asz;
+    if (s->g.N > 1) {
+        uint32_t nseg = mox__rsag_nseg(cnt, s->chunk);
+        if (s->be)
+            memset(s->fin, 0, cnt * s->asz);
+        for (int n = 0; n < s->g.N; n++) {
+            for (uint32_t k = 0; k < nseg; k++) {
+                uint64_t len = seg_len(s, s->me, k);
+                char *f = s->fin + (uint64_t)k * s->chunk * s->asz;
+                const char *src;
+                if (n == s->g.row) {
+                    src = res + (uint64_t)k * s->chunk * s->asz;
+                } else {
+                    int ni = n < s->g.row ? n : n - 1;
+                    const mox__treq_t *q = &s->col_recv[(size_t)ni * nseg + k];
+                    src = s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[k];
+                    mox_status_t st = s->be ? mox__treq_check(c, q,
+                                              "reduce_scatter receive")
+                                            : check_size(c, q, len * s->asz);
+                    if (st == MOX_OK && s->be)
+                        st = check_sparse(c, s, q, src, len, s->asz);
+                    if (st != MOX_OK)
+                        return st;
+                    if (s->be) {
+                        fold_sparse(s, f, NULL, 0, src, len, s->acc_t,
+                                    s->asz);
+                        continue;
+                    }
+                }
+                if (s->be && n == s->g.row) {
+                    uint64_t sb0 = (s->slice_off[n] + (uint64_t)k * s->chunk) /
+                                   s->be;
+                    for (uint64_t b = 0; b < len / s->be; b++)
+                        if (bit(s->acc_mask, sb0 + b))
+                            mox__reduce_apply(MOX_OP_SUM, s->acc_t,
+                                              f + b * s->be * s->asz,
+                                              s->acc_t,
+                                              src + b * s->be * s->asz,
+                                              s->be);
+                } else if (n == 0) {
+                    memcpy(f, src, len * s->asz);
+                } else {
+                    mox__reduce_apply(s->op, s->acc_t, f, s->acc_t, src, len);
+                }
+            }
+        }
+        res = s->fin;
+    } else if (s->be) {
+        /* One row: blocks absent on every rank are still unset in acc. */
+        for (uint64_t b = 0; b < cnt / s->be; b++)
+            if (!bit(s->acc_mask, b))
+                memset((char *)res + b * s->be * s->asz, 0, s->be * s->asz);
+    }
+    mox__reduce_finish(s->op, s->dt, s->out, res, cnt, s->P);
+    return MOX_OK;
+}
+
+static mox_status_t check_headers(mox__comm_t *c, rs_t *s)
+{
+    for (int h = 0; h < s->nhdr; h++) {
+        mox_status_t st = mox__treq_check(c, &s->hdr_recv[h],
+                                          "reduce_scatter header");
+        if (st == MOX_OK)
+            st = mox__rsag_hdr_check(c, "reduce_scatter",
+                                     s->hdr_recv[h].peer,
+                                     s->hdr_in + (size_t)h * MOX_RSAG_HDR_BYTES,
+                                     s->hdr_recv[h].bytes, &s->hdr);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
+static int all_done(const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].posted && !t[i].done)
+            return 0;
+    return 1;
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    rs_t *s = req->state;
+    mox__comm_t *c = req->comm;
+    mox_status_t st = s->start_error;
+    if (st != MOX_OK)
+        return st;
+    if (!s->hdr_checked && all_done(s->hdr_recv, (size_t)s->nhdr)) {
+        if ((st = check_headers(c, s)) != MOX_OK)
+            return st;
+        s->hdr_checked = 1;
+    }
+    if (!s->hdr_checked)
+        return MOX_IN_PROGRESS;
+    int pending = 0;
+    for (uint32_t ss = 0; ss < s->nss; ss++) {
+        if (s->seg_done[ss])
+            continue;
+        int ready = 1;
+        for (int p = 0; p < s->g.L - 1 && ready; p++)
+            ready = s->row_recv[(size_t)p * s->nss + ss].done;
+        if (!ready) {
+            pending = 1;
+            continue;
+        }
+        if ((st = reduce_row(c, s, ss)) != MOX_OK)
+            return st;
+        s->seg_done[ss] = 1;
+    }
+    if ((st = send_column(c, s, mox__tag(req->seq, STEP_COL))) != MOX_OK)
+        return st;
+    if (pending || !all_done(s->t, s->nt))
+        return MOX_IN_PROGRESS;
+    st = mox__treqs_check(c, s->row_send, s->n_row_send,
+                          "reduce_scatter send");
+    if (st == MOX_OK)
+        st = mox__treqs_check(c, s->col_send, s->n_col_send,
+                              "reduce_scatter send");
+    if (st == MOX_OK)
+        st = finish_block(c, s);
+    return st;
+}
+
+/* Post headers, row receives and sends, and column receives. */
+static mox_status_t post_initial(struct mox_req *req, rs_t *s)
+{
+    mox__comm_t *c = req->comm;
+    mox_status_t st = MOX_OK;
+    int h = 0;
+    for (int i = 1; i < s->g.L + s->g.N - 1 && st == MOX_OK; i++) {
+        int peer = i < s->g.L
+                       ? s->g.rank[s->g.row * s->g.L + (s->g.col + i) % s->g.L]
+                       : s->g.rank[((s->g.row + i - s->g.L + 1) % s->g.N) *
+                                   s->g.L + s->g.col];
+        st = mox__irecv(c, peer, mox__tag(req->seq, STEP_HDR),
+                        s->hdr_in + (size_t)h * MOX_RSAG_HDR_BYTES,
+                        MOX_RSAG_HDR_BYTES, &s->hdr_recv[h]);
+        if (st == MOX_OK)
+            st = mox__isend(c, peer, mox__tag(req->seq, STEP_HDR),
+                            s->hdr_out, MOX_RSAG_HDR_BYTES, &s->hdr_send[h]);
+        h++;
+    }
+    uint64_t tag = mox__tag(req->seq, STEP_ROW);
+    for (int l = 0; l < s->g.L && st == MOX_OK; l++) {
+        if (l == s->g.col)
+            continue;
+        int peer = s->g.rank[s->g.row * s->g.L + l], p = peer_idx(s, l);
+        for (uint32_t ss = 0; ss < s->nss && st == MOX_OK; ss++)
+            st = mox__irecv(c, peer, tag,
+                            s->rx1 + (size_t)p * s->slot1[s->nss] +
+                                s->slot1[ss],
+                            s->slot1[ss + 1] - s->slot1[ss],
+                            &s->row_recv[(size_t)p * s->nss + ss]);
+    }
+    /* Row sends, starting with the next column so ranks spread out. */
+    size_t i = 0;
+    char *pk = s->pack1;
+    for (int d = 1; d < s->g.L && st == MOX_OK; d++) {
+        int l = (s->g.col + d) % s->g.L;
+        int peer = s->g.rank[s->g.row * s->g.L + l];
+        for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
+            int r = s->g.rank[n * s->g.L + l];
+            uint32_t nseg = mox__rsag_nseg(s->count[r], s->chunk);
+            for (uint32_t k = 0; k < nseg && st == MOX_OK; k++) {
+                uint64_t len = seg_len(s, r, k);
+                uint64_t el0 = s->displ[r] + (uint64_t)k * s->chunk;
+                const char *src = s->in + el0 * s->esz;
+                size_t bytes = len * s->esz;
+                if (s->be) {
+                    bytes = pack(s, s->in_mask, el0 / s->be, src, s->esz, len,
+                                 pk);
+                    c->stats.bytes_sparse_saved +=
+                        len * s->esz > bytes ? len * s->esz - bytes : 0;
+                    src = pk;
+                    pk += ALIGN8(bytes);
+                }
+                st = mox__isend(c, peer, tag, src, bytes, &s->row_send[i++]);
+            }
+        }
+    }
+    /* Column partials of my block, from every other row. */
+    uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
+    for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
+        if (n == s->g.row)
+            continue;
+        int ni = n < s->g.row ? n : n - 1;
+        for (uint32_t k = 0; k < nseg && st == MOX_OK; k++)
+            st = mox__irecv(c, s->g.rank[n * s->g.L + s->g.col],
+                            mox__tag(req->seq, STEP_COL),
+                            s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[k],
+                            s->slot2[k + 1] - s->slot2[k],
+                            &s->col_recv[(size_t)ni * nseg + k]);
+    }
+    return st;
+}
+
+/* Offsets of every buffer in s->mem, computed once; NULL base = sizes. */
+static size_t layout(rs_t *s, char *base)
+{
+    int N = s->g.N, L = s->g.L;
+    uint32_t my_nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
+    uint64_t slice = s->slice_off[N], mine = s->count[s->me];
+    size_t off = 0;
+#define PLACE(field, bytes)                                                    \
+    do {                                                                       \
+        if (base)                                                              \
+            s->field = (void *)(base + off);                                   \
+        off += ((size_t)(bytes) + 63) & ~(size_t)63;                           \
+    } while (0)
+    PLACE(t, s->nt * sizeof(mox__treq_t));
+    PLACE(slot1, ((size_t)s->nss + 1) * sizeof(size_t));
+    PLACE(slot2, ((size_t)my_nseg + 1) * sizeof(size_t));
+    PLACE(pack2_off, ((size_t)s->nss + 1) * sizeof(size_t));
+    PLACE(seg_done, s->nss);
+    PLACE(hdr_in, (size_t)s->nhdr * MOX_RSAG_HDR_BYTES);
+    PLACE(acc, slice * s->asz);
+    PLACE(fin, N > 1 ? mine * s->asz : 0);
+    if (s->be) {
+        uint64_t total = 0;
+        for (int r = 0; r < s->P; r++)
+            total += s->count[r];
+        PLACE(in_mask, (total / s->be + 63) / 64 * 8);
+        PLACE(acc_mask, (slice / s->be + 63) / 64 * 8);
+    }
+    /* Receive areas: a bitmap before every sparse segment. */
+    size_t row_area = 0, col_area = 0, pack2 = 0;
+    for (int n = 0; n < N; n++) {
+        int r = owner(s, n);
+        for (uint32_t k = 0; k < s->slice_seg[n + 1] - s->slice_seg[n]; k++) {
+            uint64_t len = seg_len(s, r, k);
+            if (base) {
+                s->slot1[s->slice_seg[n] + k] = row_area;
+                s->pack2_off[s->slice_seg[n] + k] = pack2;
+            }
+            row_area += ALIGN8(bm_bytes(s, len) + len * s->esz);
+            if (n != s->g.row)
+                pack2 += ALIGN8(bm_bytes(s, len) + len * s->asz);
+        }
+    }
+    for (uint32_t k = 0; k < my_nseg; k++) {
+        if (base)
+            s->slot2[k] = col_area;
+        col_area += ALIGN8(bm_bytes(s, seg_len(s, s->me, k)) +
+                           seg_len(s, s->me, k) * s->asz);
+    }
+    if (base) {
+        s->slot1[s->nss] = row_area;
+        s->slot2[my_nseg] = col_area;
+        s->pack2_off[s->nss] = pack2;
+    }
+    PLACE(rx1, (size_t)(L - 1) * row_area);
+    PLACE(rx2, (size_t)(N - 1) * col_area);
+    if (s->be) {
+        /* My sparse row sends: at most bitmap + data for every block of
+         * every other column. */
+        size_t p1 = 0;
+        for (int l = 0; l < L; l++) {
+            if (l == s->g.col)
+                continue;
+            for (int n = 0; n < N; n++) {
+                int r = s->g.rank[n * L + l];
+                for (uint32_t k = 0; k < mox__rsag_nseg(s->count[r], s->chunk);
+                     k++)
+                    p1 += ALIGN8(bm_bytes(s, seg_len(s, r, k)) +
+                                 seg_len(s, r, k) * s->esz);
+            }
+        }
+        PLACE(pack1, p1);
+        PLACE(pack2, pack2);
+    }
+#undef PLACE
+    return off;
+}
+
+/* Sizes that depend on counts: slice, segments, transport requests. */
+static void plan(rs_t *s)
+{
+    int N = s->g.N, L = s->g.L;
+    s->slice_off[0] = 0;
+    s->slice_seg[0] = 0;
+    for (int n = 0; n < N; n++) {
+        uint64_t cnt = s->count[owner(s, n)];
+        s->slice_off[n + 1] = s->slice_off[n] + cnt;
+        s->slice_seg[n + 1] = s->slice_seg[n] + mox__rsag_nseg(cnt, s->chunk);
+    }
+    s->nss = s->slice_seg[N];
+    s->n_row_send = 0;
+    for (int l = 0; l < L; l++)
+        for (int n = 0; n < N && l != s->g.col; n++)
+            s->n_row_send += mox__rsag_nseg(s->count[s->g.rank[n * L + l]],
+                                            s->chunk);
+    s->n_col_send = s->nss - (s->slice_seg[s->g.row + 1] -
+                              s->slice_seg[s->g.row]);
+    s->nhdr = L - 1 + N - 1;
+    s->nt = 2 * (size_t)s->nhdr + (size_t)(L - 1) * s->nss + s->n_row_send +
+            s->n_col_send +
+            (size_t)(N - 1) * mox__rsag_nseg(s->count[s->me], s->chunk);
+}
+
+mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
+                                      const mox__rs_args_t *a)
+{
+    mox__comm_t *c = req->comm;
+    int P = c->size;
+    size_t fixed = sizeof(rs_t) + (size_t)P * (sizeof(int) + 2 * sizeof(uint64_t)) +
+                   ((size_t)P + 1) * (sizeof(uint64_t) + 2 * sizeof(uint32_t));
+    rs_t *s = calloc(1, fixed);
+    if (!s)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "reduce_scatter: no memory");
+    req->state = s;
+    req->cleanup = free_state;
+    s->count = (uint64_t *)(s + 1);
+    s->displ = s->count + P;
+    s->slice_off = s->displ + P;
+    s->g.rank = (int *)(s->slice_off + P + 1);
+    s->slice_seg = (uint32_t *)(s->g.rank + P);
+    s->cursor = s->slice_seg + P + 1;
+    mox__grid_build(c, a->hier, &s->g);
+    s->P = P;
+    s->me = c->rank;
+    s->dt = a->dtype;
+    s->op = a->op;
+    s->acc_t = mox__reduce_acc_type(a->dtype);
+    s->esz = mox__dtype_size(a->dtype);
+    s->asz = mox__dtype_size(s->acc_t);
+    s->in = a->in;
+    s->out = a->out;
+    s->be = a->block_elems;
+    uint64_t total = 0;
+    for (int r = 0; r < P; r++) {
+        s->count[r] = a->counts[r];
+        s->displ[r] = total;
+        total += a->counts[r];
+    }
+    s->chunk = mox__rsag_chunk(c, s->asz, s->be);
+    plan(s);
+    size_t bytes = layout(s, NULL);
+    s->mem = calloc(1, bytes ? bytes : 1);
+    if (!s->mem)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "reduce_scatter: no memory "
+                         "for %zu bytes of buffers", bytes);
+    layout(s, s->mem);
+    for (uint64_t i = 0; s->be && i < a->nblocks; i++)
+        set_bit(s->in_mask, a->blocks[i]);
+    s->hdr_send = s->t;
+    s->hdr_recv = s->hdr_send + s->nhdr;
+    s->row_recv = s->hdr_recv + s->nhdr;
+    s->row_send = s->row_recv + (size_t)(s->g.L - 1) * s->nss;
+    s->col_send = s->row_send + s->n_row_send;
+    s->col_recv = s->col_send + s->n_col_send;
+    s->hdr = (mox__rsag_hdr_t){
+        s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS, req->seq,
+        mox__rsag_hash(s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS,
+                       a->dtype, a->op, s->be, s->count, P),
+        total, s->count[s->me]};
+    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    req->treqs = s->t;
+    req->ntreqs = s->nt;
+    req->progress = progress;
+    s->start_error = post_initial(req, s);
+    return MOX_OK;
+}

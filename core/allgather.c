@@ -1,0 +1,171 @@
+/* mox_allgather(v): argument checks and algorithm choice. The algorithm is
+ * core/algorithms/allgather_hier.c on a nodes x local-ranks grid (hier) or
+ * one row of all ranks (flat). */
+#include "comm.h"
+#include "dtype.h"
+#include "log.h"
+#include "rsag.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    uint64_t start, end;
+    int rank;
+} span_t;
+
+static int by_start(const void *a, const void *b)
+{
+    const span_t *x = a, *y = b;
+    return x->start < y->start ? -1 : x->start > y->start;
+}
+
+/* Blocks must not overlap in recvbuf (a receive would clobber another);
+ * returns the end of the last block in elements, or fails. */
+static mox_status_t check_blocks(mox__comm_t *c, const uint64_t *counts,
+                                 const uint64_t *displs, uint64_t *extent)
+{
+    span_t *sp = malloc((size_t)c->size * sizeof *sp);
+    if (!sp)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "allgather: no memory");
+    int n = 0;
+    mox_status_t st = MOX_OK;
+    *extent = 0;
+    for (int r = 0; r < c->size && st == MOX_OK; r++) {
+        if (!counts[r])
+            continue;
+        if (displs[r] + counts[r] < displs[r] ||
+            displs[r] + counts[r] > SIZE_MAX / 8)
+            st = mox__fail(c, MOX_ERR_OVERFLOW, "allgather: block of rank "
+                           "%d (displs %llu, count %llu) overflows", r,
+                           (unsigned long long)displs[r],
+                           (unsigned long long)counts[r]);
+        sp[n++] = (span_t){displs[r], displs[r] + counts[r], r};
+        if (displs[r] + counts[r] > *extent)
+            *extent = displs[r] + counts[r];
+    }
+    if (st == MOX_OK)
+        qsort(sp, (size_t)n, sizeof *sp, by_start);
+    for (int i = 1; i < n && st == MOX_OK; i++)
+        if (sp[i].start < sp[i - 1].end)
+            st = mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: the blocks "
+                           "of rank %d and rank %d overlap in recvbuf",
+                           sp[i - 1].rank, sp[i].rank);
+    free(sp);
+    return st;
+}
+
+mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
+                             uint64_t sendcount, void *recvbuf,
+                             const uint64_t *recvcounts,
+                             const uint64_t *displs, mox_dtype_t dtype,
+                             mox_req_t *out)
+{
+    if (!c)
+        return MOX_ERR_INVALID_ARG;
+    if (!out)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: req is NULL");
+    *out = NULL;
+    size_t esz = mox__dtype_size(dtype);
+    if (!esz)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: unknown dtype "
+                         "%d", (int)dtype);
+    if (!recvcounts || !displs)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: recvcounts or "
+                         "displs is NULL");
+    int in_place = sendbuf == MOX_IN_PLACE;
+    if (!in_place && sendcount != recvcounts[c->rank])
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: sendcount %llu "
+                         "differs from recvcounts[%d] = %llu",
+                         (unsigned long long)sendcount, c->rank,
+                         (unsigned long long)recvcounts[c->rank]);
+    uint64_t extent = 0;
+    mox_status_t st = check_blocks(c, recvcounts, displs, &extent);
+    if (st != MOX_OK)
+        return st;
+    uint64_t mine = recvcounts[c->rank];
+    if ((extent && !recvbuf) || (mine && !in_place && !sendbuf))
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: %s is NULL "
+                         "with a nonzero count", recvbuf ? "sendbuf"
+                                                         : "recvbuf");
+    uintptr_t s0 = (uintptr_t)sendbuf, r0 = (uintptr_t)recvbuf;
+    if (!in_place && mine && extent && s0 < r0 + extent * esz &&
+        r0 < s0 + mine * esz)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "allgather: sendbuf and "
+                         "recvbuf overlap; pass MOX_IN_PLACE as sendbuf when "
+                         "this rank's block is already in recvbuf");
+    mox__ag_args_t a = {in_place ? (const char *)recvbuf + displs[c->rank] * esz
+                                 : sendbuf,
+                        recvbuf, recvcounts, displs, dtype, 0};
+    int equal = mox__grid_nodes_equal(c);
+    if (c->cfg.allgather_algo == MOX_RSAG_HIER && !equal)
+        MOX_DEBUG("allgather", "hier needs nodes of equal size; using flat");
+    a.hier = c->cfg.allgather_algo != MOX_RSAG_FLAT && equal &&
+             c->topo.num_nodes > 1;
+    struct mox_req *req;
+    st = mox__req_new(c, a.hier ? "allgather_hier" : "allgather_flat", &req);
+    if (st != MOX_OK)
+        return st;
+    MOX_DEBUG("allgather", "seq %llu: %s, %llu elements of %s on rank %d, "
+              "%d nodes", (unsigned long long)req->seq, req->name,
+              (unsigned long long)mine, mox__dtype_name(dtype), c->rank,
+              c->topo.num_nodes);
+    st = mox__allgather_hier(req, &a);
+    if (st != MOX_OK) {
+        mox__req_abort(req, st);
+        return st;
+    }
+    return mox__req_start(req, out);
+}
+
+mox_status_t mox_allgatherv(mox_comm_t c, const void *sendbuf,
+                            uint64_t sendcount, void *recvbuf,
+                            const uint64_t *recvcounts,
+                            const uint64_t *displs, mox_dtype_t dtype)
+{
+    mox_req_t req;
+    mox_status_t st = mox_iallgatherv(c, sendbuf, sendcount, recvbuf,
+                                      recvcounts, displs, dtype, &req);
+    if (st != MOX_OK)
+        return st;
+    st = mox_wait(req);
+    mox_req_free(req);
+    return st;
+}
+
+mox_status_t mox_iallgather(mox_comm_t c, const void *sendbuf, void *recvbuf,
+                            uint64_t count, mox_dtype_t dtype, mox_req_t *out)
+{
+    if (!c)
+        return MOX_ERR_INVALID_ARG;
+    uint64_t *v = malloc(2 * (size_t)c->size * sizeof *v);
+    if (!v)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "allgather: no memory");
+    mox_status_t st = MOX_OK;
+    for (int r = 0; r < c->size; r++) {
+        v[r] = count;
+        v[c->size + r] = (uint64_t)r * count;
+        if (count && (uint64_t)r > UINT64_MAX / count)
+            st = MOX_ERR_OVERFLOW;
+    }
+    if (st != MOX_OK)
+        st = mox__fail(c, st, "allgather: count %llu times %d ranks "
+                       "overflows", (unsigned long long)count, c->size);
+    else
+        st = mox_iallgatherv(c, sendbuf, count, recvbuf, v, v + c->size,
+                             dtype, out);
+    free(v);
+    return st;
+}
+
+mox_status_t mox_allgather(mox_comm_t c, const void *sendbuf, void *recvbuf,
+                           uint64_t count, mox_dtype_t dtype)
+{
+    mox_req_t req;
+    mox_status_t st = mox_iallgather(c, sendbuf, recvbuf, count, dtype, &req);
+    if (st != MOX_OK)
+        return st;
+    st = mox_wait(req);
+    mox_req_free(req);
+    return st;
+}

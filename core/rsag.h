@@ -1,0 +1,87 @@
+/*
+ * Shared by reduce-scatter and allgather: arguments handed from the API
+ * files to the algorithms, the rank grid both algorithms run on, chunking,
+ * and the agreement header every rank sends its grid neighbours so that
+ * ranks passing different counts, types or ops fail with MOX_ERR_MISMATCH
+ * naming both ranks instead of hanging.
+ */
+#ifndef MOX_CORE_RSAG_H
+#define MOX_CORE_RSAG_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include "comm.h"
+
+/* Values of MOX_REDUCE_SCATTER_ALGO / MOX_ALLGATHER_ALGO. */
+enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER };
+
+/*
+ * Ranks as an N x L grid: row n, column l is grid[n * L + l]. hier: rows
+ * are nodes and columns local ranks (so a column is a rail); flat: one row
+ * of all ranks in rank order.
+ */
+typedef struct {
+    int N, L, row, col;
+    int *rank;   /* [N * L], owned by the algorithm's state */
+} mox__grid_t;
+
+/* 1 when the communicator's nodes all have the same number of ranks. */
+int mox__grid_nodes_equal(const mox__comm_t *c);
+/* Fill g (g->rank must hold size ints) as hier or flat. */
+void mox__grid_build(const mox__comm_t *c, int hier, mox__grid_t *g);
+
+/* Elements per pipeline chunk for elements of `elem_bytes` (MOX_RS_CHUNK_SIZE),
+ * a multiple of `align` elements (>= 1). */
+uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,
+                         uint64_t align);
+static inline uint32_t mox__rsag_nseg(uint64_t count, uint64_t chunk)
+{
+    return (uint32_t)((count + chunk - 1) / chunk);
+}
+
+typedef struct {
+    const char *in;          /* full input vector (recvbuf when in place) */
+    char *out;               /* this rank's slice */
+    const uint64_t *counts;  /* [P] */
+    mox_dtype_t dtype;
+    mox_op_t op;
+    uint64_t block_elems;    /* sparse: block size; 0 = dense */
+    const uint64_t *blocks;  /* sparse: present blocks, ascending */
+    uint64_t nblocks;
+    int hier;
+} mox__rs_args_t;
+
+typedef struct {
+    const char *src;         /* this rank's block */
+    char *out;
+    const uint64_t *counts, *displs; /* [P] */
+    mox_dtype_t dtype;
+    int hier;
+} mox__ag_args_t;
+
+mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
+                                      const mox__rs_args_t *a);
+mox_status_t mox__allgather_hier(struct mox_req *req,
+                                 const mox__ag_args_t *a);
+
+/* Agreement header: what must be equal on every rank. */
+#define MOX_RSAG_HDR_BYTES 40
+enum { MOX_RSAG_KIND_RS = 1, MOX_RSAG_KIND_RS_SPARSE = 2, MOX_RSAG_KIND_AG = 3 };
+typedef struct {
+    uint32_t kind;
+    uint64_t seq;
+    uint64_t hash;   /* FNV-1a of dtype, op, block size, size, counts */
+    uint64_t total;  /* sum of counts, to print */
+    uint64_t mine;   /* the sender's own count, to print */
+} mox__rsag_hdr_t;
+
+uint64_t mox__rsag_hash(uint32_t kind, int dtype, int op, uint64_t block,
+                        const uint64_t *counts, int P);
+void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf);
+/* Compare a received header with ours; MOX_ERR_MISMATCH (or
+ * MOX_ERR_PROTOCOL for garbage) naming `peer` and this rank. */
+mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
+                                 const void *buf, size_t len,
+                                 const mox__rsag_hdr_t *mine);
+
+#endif

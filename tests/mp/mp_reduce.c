@@ -1,0 +1,487 @@
+/*
+ * Multi-process check of reduce-scatter (dense, _v, block-sparse) and
+ * allgather(v), run under tools/mox-run. Every rank regenerates every
+ * rank's input from the seed and compares its result with a reference
+ * computed here in fp64 (floats, within the tolerance documented in
+ * docs/reduce_scatter.md) or exactly (integers, allgather). Each
+ * configuration runs twice in the process and the two results must be
+ * bitwise equal (reproducibility).
+ *
+ * Prints "MOXTEST ok rank R inter_bytes N intra_bytes N" on success.
+ * --mode bad-args: bad inputs get named errors and the communicator stays
+ * usable. --mode mismatch --victim V: V passes other counts and must get
+ * MOX_ERR_MISMATCH.
+ */
+#include "mox/mox.h"
+#include "testdata.h"
+
+#include <getopt.h>
+#include <inttypes.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    const char *coll, *mode;
+    mox_dtype_t dt;
+    mox_op_t op;
+    uint64_t seed, iters, max_count, block;
+    int zero_pct, in_place, nonblocking, density, victim;
+} opts_t;
+
+static int me, P;
+
+static void usage(FILE *f)
+{
+    fprintf(f, "usage: mp_reduce [--coll rs|rsv|sparse|ag|agv] [--dtype T] "
+               "[--op OP]\n  [--seed S] [--iters N] [--count C] [--zero-pct "
+               "P] [--in-place]\n  [--nonblocking] [--block B --density PCT] "
+               "[--mode bad-args|mismatch --victim V]\n");
+}
+
+static const char *dt_names[] = {"u8", "i32", "i64", "f16", "bf16", "f32",
+                                 "f64"};
+static const char *op_names[] = {"sum", "prod", "max", "min", "avg"};
+static const size_t dt_size[] = {1, 4, 8, 2, 2, 4, 8};
+
+static int lookup(const char *s, const char **names, int n)
+{
+    for (int i = 0; i < n; i++)
+        if (!strcmp(s, names[i]))
+            return i;
+    return -1;
+}
+
+static int parse(int argc, char **argv, opts_t *o)
+{
+    static const struct option lo[] = {
+        {"coll", 1, 0, 'c'}, {"dtype", 1, 0, 'd'}, {"op", 1, 0, 'o'},
+        {"seed", 1, 0, 's'}, {"iters", 1, 0, 'i'}, {"count", 1, 0, 'n'},
+        {"zero-pct", 1, 0, 'z'}, {"in-place", 0, 0, 'p'},
+        {"nonblocking", 0, 0, 'b'}, {"block", 1, 0, 'B'},
+        {"density", 1, 0, 'D'}, {"mode", 1, 0, 'm'}, {"victim", 1, 0, 'v'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *o = (opts_t){"rs", "check", MOX_DTYPE_F32, MOX_OP_SUM, 1, 2, 1000, 16,
+                  0, 0, 0, 50, 1};
+    int c, v;
+    while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
+        switch (c) {
+        case 'c': o->coll = optarg; break;
+        case 'd':
+            if ((v = lookup(optarg, dt_names, 7)) < 0)
+                return -1;
+            o->dt = (mox_dtype_t)v;
+            break;
+        case 'o':
+            if ((v = lookup(optarg, op_names, 5)) < 0)
+                return -1;
+            o->op = (mox_op_t)v;
+            break;
+        case 's': o->seed = strtoull(optarg, NULL, 0); break;
+        case 'i': o->iters = strtoull(optarg, NULL, 0); break;
+        case 'n': o->max_count = strtoull(optarg, NULL, 0); break;
+        case 'z': o->zero_pct = atoi(optarg); break;
+        case 'p': o->in_place = 1; break;
+        case 'b': o->nonblocking = 1; break;
+        case 'B': o->block = strtoull(optarg, NULL, 0); break;
+        case 'D': o->density = atoi(optarg); break;
+        case 'm': o->mode = optarg; break;
+        case 'v': o->victim = atoi(optarg); break;
+        case 'h': usage(stdout); exit(0);
+        default: return -1;
+        }
+    }
+    return 0;
+}
+
+/* ------------------------------------------------------------------ */
+/* Values: exactly representable in their type, so the reference knows */
+/* each input exactly.                                                  */
+
+static uint64_t h64(uint64_t seed, uint64_t it, int src, uint64_t i)
+{
+    return td_mix(seed * 0x1000193 ^ td_mix(it << 32 ^ (uint64_t)src) ^
+                  td_mix(i + 0x51));
+}
+
+/* Input element i of rank src as a double. prod uses values near 1 so
+ * that products of many ranks stay in range. */
+static double value(const opts_t *o, uint64_t it, int src, uint64_t i)
+{
+    uint64_t h = h64(o->seed, it, src, i);
+    switch (o->dt) {
+    case MOX_DTYPE_U8: return (double)(h & 0xff);
+    case MOX_DTYPE_I32: return (double)((int64_t)(h % 2001) - 1000);
+    case MOX_DTYPE_I64: return (double)((int64_t)(h % 2000001) - 1000000);
+    case MOX_DTYPE_BF16: /* 8 significant bits */
+        if (o->op == MOX_OP_PROD)
+            return ldexp((double)(128 + h % 128), -7);
+        return ldexp((double)((int64_t)(h % 511) - 255), -(int)(h >> 60));
+    case MOX_DTYPE_F16: /* 11 significant bits */
+        if (o->op == MOX_OP_PROD)
+            return ldexp((double)(1024 + h % 1024), -10);
+        return ldexp((double)((int64_t)(h % 4095) - 2047), -(int)(h >> 61) - 4);
+    case MOX_DTYPE_F32:
+        if (o->op == MOX_OP_PROD)
+            return 0.5 + (double)(float)ldexp((double)(h >> 40), -24);
+        return (double)(float)(ldexp((double)(h >> 11), -53) * 2 - 1);
+    default:
+        if (o->op == MOX_OP_PROD)
+            return 0.5 + ldexp((double)(h >> 11), -53);
+        return ldexp((double)(h >> 11), -52) - 1;
+    }
+}
+
+static uint16_t f16_bits(double x)
+{
+    uint16_t sign = x < 0 ? 0x8000 : 0;
+    double a = fabs(x);
+    if (a == 0)
+        return sign;
+    int e;
+    frexp(a, &e); /* a = m 2^e, m in [0.5, 1) */
+    int E = e - 1 + 15;
+    if (E <= 0)
+        return sign | (uint16_t)(a * 16777216.0); /* a / 2^-24 */
+    return sign | (uint16_t)(E << 10) |
+           (uint16_t)((ldexp(a, -(e - 1)) - 1) * 1024);
+}
+
+static double f16_value(uint16_t b)
+{
+    int E = (b >> 10) & 31, m = b & 1023;
+    double v = E == 0 ? ldexp(m, -24)
+             : E == 31 ? (m ? NAN : INFINITY)
+                       : ldexp(1024 + m, E - 25);
+    return b & 0x8000 ? -v : v;
+}
+
+static void store(mox_dtype_t t, void *buf, uint64_t i, double x)
+{
+    switch (t) {
+    case MOX_DTYPE_U8: ((uint8_t *)buf)[i] = (uint8_t)x; break;
+    case MOX_DTYPE_I32: ((int32_t *)buf)[i] = (int32_t)x; break;
+    case MOX_DTYPE_I64: ((int64_t *)buf)[i] = (int64_t)x; break;
+    case MOX_DTYPE_F16: ((uint16_t *)buf)[i] = f16_bits(x); break;
+    case MOX_DTYPE_BF16: {
+        float f = (float)x;
+        uint32_t u;
+        memcpy(&u, &f, 4);
+        ((uint16_t *)buf)[i] = (uint16_t)(u >> 16); /* exact: 8 bits */
+        break;
+    }
+    case MOX_DTYPE_F32: ((float *)buf)[i] = (float)x; break;
+    case MOX_DTYPE_F64: ((double *)buf)[i] = x; break;
+    }
+}
+
+static double load(mox_dtype_t t, const void *buf, uint64_t i)
+{
+    switch (t) {
+    case MOX_DTYPE_U8: return ((const uint8_t *)buf)[i];
+    case MOX_DTYPE_I32: return ((const int32_t *)buf)[i];
+    case MOX_DTYPE_I64: return (double)((const int64_t *)buf)[i];
+    case MOX_DTYPE_F16: return f16_value(((const uint16_t *)buf)[i]);
+    case MOX_DTYPE_BF16: {
+        uint32_t u = (uint32_t)((const uint16_t *)buf)[i] << 16;
+        float f;
+        memcpy(&f, &u, 4);
+        return f;
+    }
+    case MOX_DTYPE_F32: return ((const float *)buf)[i];
+    default: return ((const double *)buf)[i];
+    }
+}
+
+static int is_int(mox_dtype_t t)
+{
+    return t == MOX_DTYPE_U8 || t == MOX_DTYPE_I32 || t == MOX_DTYPE_I64;
+}
+
+/* Unit roundoff of the result type and of the accumulator. */
+static double eps_of(mox_dtype_t t)
+{
+    switch (t) {
+    case MOX_DTYPE_F16: return ldexp(1, -11);
+    case MOX_DTYPE_BF16: return ldexp(1, -8);
+    case MOX_DTYPE_F32: return ldexp(1, -24);
+    default: return ldexp(1, -53);
+    }
+}
+
+/* Sparse presence: block b of rank src. */
+static int present(const opts_t *o, uint64_t it, int src, uint64_t b)
+{
+    return (int)(td_mix(o->seed ^ td_mix(it * 977 + (uint64_t)src) ^
+                        td_mix(b * 31 + 7)) % 100) < o->density;
+}
+
+/* Integer reference: wraps like the library (two's complement). */
+static int64_t int_ref(const opts_t *o, uint64_t it, uint64_t i)
+{
+    uint64_t acc = 0;
+    for (int r = 0; r < P; r++) {
+        int64_t v = (int64_t)value(o, it, r, i);
+        if (r == 0) {
+            acc = (uint64_t)v;
+            continue;
+        }
+        switch (o->op) {
+        case MOX_OP_PROD: acc *= (uint64_t)v; break;
+        case MOX_OP_MAX: acc = (int64_t)acc > v ? acc : (uint64_t)v; break;
+        case MOX_OP_MIN: acc = (int64_t)acc < v ? acc : (uint64_t)v; break;
+        default: acc += (uint64_t)v; break;
+        }
+    }
+    switch (o->dt) {
+    case MOX_DTYPE_U8: return (uint8_t)acc;
+    case MOX_DTYPE_I32: return (int32_t)(uint32_t)acc;
+    default: return (int64_t)acc;
+    }
+}
+
+/* Float reference in fp64 and the documented bound on the error:
+ * (P+1) * u_acc * sum|terms| (accumulation) + u_t * |ref| (final rounding). */
+static double float_ref(const opts_t *o, uint64_t it, uint64_t i, int sparse,
+                        double *tol)
+{
+    double ref = 0, mag = 0;
+    for (int r = 0; r < P; r++) {
+        double v = value(o, it, r, i);
+        if (sparse && !present(o, it, r, i / o->block))
+            v = 0;
+        if (r == 0 && !sparse) {
+            ref = v;
+            mag = fabs(v);
+            continue;
+        }
+        switch (o->op) {
+        case MOX_OP_PROD: ref *= v; mag = fabs(ref); break;
+        case MOX_OP_MAX: ref = v > ref ? v : ref; break;
+        case MOX_OP_MIN: ref = v < ref ? v : ref; break;
+        default: ref += v; mag += fabs(v); break;
+        }
+    }
+    if (o->op == MOX_OP_AVG) {
+        ref /= P;
+        mag /= P;
+    }
+    double u_acc = o->dt == MOX_DTYPE_F64 ? ldexp(1, -53) : ldexp(1, -24);
+    *tol = o->op == MOX_OP_MAX || o->op == MOX_OP_MIN
+               ? 0
+               : (P + 1) * u_acc * mag + eps_of(o->dt) * fabs(ref);
+    return ref;
+}
+
+static int check_rs(const opts_t *o, uint64_t it, const char *out,
+                    uint64_t off, uint64_t n, int sparse)
+{
+    for (uint64_t k = 0; k < n; k++) {
+        uint64_t i = off + k;
+        if (is_int(o->dt)) {
+            int64_t want = int_ref(o, it, i);
+            int64_t got = (int64_t)load(o->dt, out, k);
+            if (got != want) {
+                printf("rank %d: element %" PRIu64 ": got %" PRId64
+                       ", want %" PRId64 "\n", me, i, got, want);
+                return 1;
+            }
+            continue;
+        }
+        double tol, want = float_ref(o, it, i, sparse, &tol);
+        double got = load(o->dt, out, k);
+        if (!(fabs(got - want) <= tol)) {
+            printf("rank %d: element %" PRIu64 ": got %.17g, want %.17g "
+                   "(tolerance %.3g)\n", me, i, got, want, tol);
+            return 1;
+        }
+    }
+    return 0;
+}
+
+static mox_status_t finish(const opts_t *o, mox_status_t st, mox_req_t req)
+{
+    if (st != MOX_OK || !o->nonblocking)
+        return st;
+    int done = 0;
+    while (!done && st == MOX_OK)
+        st = mox_test(req, &done);
+    mox_req_free(req);
+    return st;
+}
+
+static int fail(mox_comm_t comm, const char *what, mox_status_t st)
+{
+    printf("MOXTEST error rank %d: %s: %s: %s\n", me, what,
+           mox_status_name(st), mox_comm_last_error(comm));
+    return 1;
+}
+
+static uint64_t count_of(const opts_t *o, uint64_t it, int r)
+{
+    if (!strcmp(o->coll, "rs") || !strcmp(o->coll, "ag") ||
+        !strcmp(o->coll, "sparse"))
+        return o->max_count;
+    return td_count(o->seed, it, r, 0, o->max_count, o->zero_pct);
+}
+
+/* One reduce-scatter (any form); result copied into res. */
+static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
+                           const uint64_t *counts, uint64_t total,
+                           char *in, char *out, char *res, const uint64_t *blk,
+                           uint64_t nblk)
+{
+    size_t es = dt_size[o->dt];
+    for (int r = 0; r < P; r++)
+        (void)r;
+    uint64_t off = 0;
+    for (int r = 0; r < me; r++)
+        off += counts[r];
+    for (uint64_t i = 0; i < total; i++)
+        store(o->dt, in, i, value(o, it, me, i));
+    const void *sb = in;
+    char *rb = out;
+    if (o->in_place) {
+        memcpy(in + 0, in, 0);
+        sb = MOX_IN_PLACE;
+        rb = in;
+    }
+    mox_req_t req = NULL;
+    mox_status_t st;
+    int sparse = !strcmp(o->coll, "sparse");
+    if (sparse)
+        st = o->nonblocking
+                 ? mox_ireduce_scatter_sparse(comm, sb, rb, counts[0], o->dt,
+                                              o->op, o->block, blk, nblk, &req)
+                 : mox_reduce_scatter_sparse(comm, sb, rb, counts[0], o->dt,
+                                             o->op, o->block, blk, nblk);
+    else if (!strcmp(o->coll, "rs"))
+        st = o->nonblocking ? mox_ireduce_scatter(comm, sb, rb, counts[0],
+                                                  o->dt, o->op, &req)
+                            : mox_reduce_scatter(comm, sb, rb, counts[0],
+                                                 o->dt, o->op);
+    else
+        st = o->nonblocking ? mox_ireduce_scatter_v(comm, sb, rb, counts,
+                                                    o->dt, o->op, &req)
+                            : mox_reduce_scatter_v(comm, sb, rb, counts,
+                                                   o->dt, o->op);
+    st = finish(o, st, req);
+    if (st == MOX_OK)
+        memcpy(res, rb, counts[me] * es);
+    (void)off;
+    return st;
+}
+
+static int iter_rs(mox_comm_t comm, const opts_t *o, uint64_t it)
+{
+    size_t es = dt_size[o->dt];
+    uint64_t *counts = malloc((size_t)P * sizeof *counts), total = 0, off = 0;
+    for (int r = 0; r < P; r++) {
+        counts[r] = count_of(o, it, r);
+        if (r < me)
+            off += counts[r];
+        total += counts[r];
+    }
+    int sparse = !strcmp(o->coll, "sparse");
+    uint64_t nb = sparse ? total / o->block : 0, nblk = 0;
+    uint64_t *blk = malloc((nb + 1) * sizeof *blk);
+    for (uint64_t b = 0; b < nb; b++)
+        if (present(o, it, me, b))
+            blk[nblk++] = b;
+    char *in = malloc(total * es + 1), *out = malloc(counts[me] * es + 1);
+    char *res[2] = {malloc(counts[me] * es + 1), malloc(counts[me] * es + 1)};
+    int bad = 0;
+    mox_stats_t before = {.struct_size = sizeof before}, after = before;
+    mox_comm_stats(comm, &before);
+    for (int rep = 0; rep < 2 && !bad; rep++) {
+        mox_status_t st = run_rs(comm, o, it, counts, total, in, out,
+                                 res[rep], blk, nblk);
+        if (st != MOX_OK)
+            bad = fail(comm, "reduce_scatter", st);
+    }
+    mox_comm_stats(comm, &after);
+    if (!bad && memcmp(res[0], res[1], counts[me] * es)) {
+        printf("rank %d: two runs of the same layout differ\n", me);
+        bad = 1;
+    }
+    if (!bad)
+        bad = check_rs(o, it, res[0], off, counts[me], sparse);
+    if (!bad && sparse && P > 1 && o->density < 50 && total &&
+        after.bytes_sparse_saved == before.bytes_sparse_saved) {
+        printf("rank %d: sparse run saved no bytes at density %d%%\n", me,
+               o->density);
+        bad = 1;
+    }
+    free(counts);
+    free(blk);
+    free(in);
+    free(out);
+    free(res[0]);
+    free(res[1]);
+    return bad;
+}
+
+static int iter_ag(mox_comm_t comm, const opts_t *o, uint64_t it)
+{
+    size_t es = dt_size[o->dt];
+    uint64_t *counts = malloc(2 * (size_t)P * sizeof *counts),
+             *displs = counts + P, total = 0;
+    int v = !strcmp(o->coll, "agv");
+    /* agv: blocks in reverse rank order with gaps, so displs matter. */
+    for (int r = P - 1; r >= 0; r--) {
+        counts[r] = count_of(o, it, r);
+        displs[r] = total + (v ? 3 : 0);
+        total = displs[r] + counts[r];
+    }
+    if (!v)
+        for (int r = 0; r < P; r++)
+            displs[r] = (uint64_t)r * counts[0];
+    char *send = malloc(counts[me] * es + 1);
+    char *out[2] = {malloc(total * es + 1), malloc(total * es + 1)};
+    for (uint64_t i = 0; i < counts[me]; i++)
+        store(o->dt, send, i, value(o, it, me, i));
+    int bad = 0;
+    for (int rep = 0; rep < 2 && !bad; rep++) {
+        memset(out[rep], 0xa5, total * es);
+        const void *sb = send;
+        if (o->in_place) {
+            memcpy(out[rep] + displs[me] * es, send, counts[me] * es);
+            sb = MOX_IN_PLACE;
+        }
+        mox_req_t req = NULL;
+        mox_status_t st =
+            v ? (o->nonblocking
+                     ? mox_iallgatherv(comm, sb, counts[me], out[rep], counts,
+                                       displs, o->dt, &req)
+                     : mox_allgatherv(comm, sb, counts[me], out[rep], counts,
+                                      displs, o->dt))
+              : (o->nonblocking ? mox_iallgather(comm, sb, out[rep],
+                                                 counts[0], o->dt, &req)
+                                : mox_allgather(comm, sb, out[rep], counts[0],
+                                                o->dt));
+        st = finish(o, st, req);
+        if (st != MOX_OK)
+            bad = fail(comm, "allgather", st);
+    }
+    char *want = malloc(total * es + 1);
+    memset(want, 0xa5, total * es);
+    for (int r = 0; r < P && !bad; r++)
+        for (uint64_t i = 0; i < counts[r]; i++)
+            store(o->dt, want + displs[r] * es, i, value(o, it, r, i));
+    for (int rep = 0; rep < 2 && !bad; rep++)
+        if (memcmp(out[rep], want, total * es)) {
+            uint64_t i = 0;
+            while (out[rep][i] == want[i])
+                i++;
+            printf("rank %d: allgather byte %" PRIu64 " differs (run %d)\n",
+                   me, i, rep);
+            bad = 1;
+        }
+    free(want);
+    free(counts);
+    free(send);
+    free(out[0]);
+    free(out[1]);
+    return bad;
+}
