@@ -63,10 +63,12 @@ static int try_file(mox_loader_t *ld, const char *file, msg_t *m)
         say(m, "\n  %s: cannot load (%s)", file, why ? why : "not found");
         return 0;
     }
+    int found = 0;
     for (size_t i = 0; i < NKNOWN; i++) {
         const mox_plugin_v1_t *t = dlsym(dl, known[i].symbol);
         if (!t)
             continue;
+        found = 1;
         if (t->abi_version != known[i].version) {
             say(m, "\n  %s: symbol %s has abi_version %u, expected %u (%s)",
                 file, known[i].symbol, t->abi_version, known[i].version,
@@ -94,8 +96,10 @@ static int try_file(mox_loader_t *ld, const char *file, msg_t *m)
         snprintf(ld->symbol, sizeof ld->symbol, "%s", known[i].symbol);
         return 1;
     }
-    unsigned v = newer_symbol(dl);
-    if (v)
+    unsigned v = found ? 0 : newer_symbol(dl);
+    if (found)
+        ; /* the rejection was reported above */
+    else if (v)
         say(m, "\n  %s: exports only mox_plugin_v%u, an ABI version newer "
             "than this host knows (newest known: v%u) (version too new)",
             file, v, known[0].version);

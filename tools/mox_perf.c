@@ -5,6 +5,7 @@
  */
 #include "mox/mox.h"
 #include "testdata.h"
+#include "perf_rsag.h"
 
 #include <getopt.h>
 #include <inttypes.h>
@@ -19,12 +20,17 @@ typedef struct {
     double factor;
     int iters, warmup, check;
     const char *csv;
+    const char *dtype, *op;   /* reduce_scatter / allgather */
+    int density;              /* block-sparse reduce_scatter; -1 = dense */
+    double link_gbps;
 } perf_opts_t;
 
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: mox-perf -c alltoall|alltoallv [-b MIN] [-e MAX] [-f FACTOR]\n"
+        "usage: mox-perf -c alltoall|alltoallv|reduce_scatter|allgather\n"
+        "                [-b MIN] [-e MAX] [-f FACTOR] [-d TYPE] [-o OP]\n"
+        "                [--density PCT] [--link-gbps G]\n"
         "                [-n ITERS] [-w WARMUP] [--no-check] [--csv FILE]\n"
         "  -c, --coll      collective to time\n"
         "  -b, --minbytes  smallest size in bytes per rank (default 8; k/M/G "
@@ -35,6 +41,17 @@ static void usage(FILE *f)
         "  -w, --warmup    untimed iterations per size (default 5)\n"
         "      --no-check  skip the result check (#wrong shows N/A)\n"
         "      --csv FILE  also write the table as CSV (rank 0)\n"
+        "  -d, --datatype  reduce_scatter/allgather type: u8 i32 i64 f16 bf16\n"
+        "                  f32 f64 (default f32)\n"
+        "  -o, --op        reduce_scatter op: sum prod max min avg (default "
+        "sum)\n"
+        "      --density PCT  block-sparse reduce_scatter with PCT %% of the\n"
+        "                  256-element blocks present on each rank\n"
+        "      --link-gbps G  per-node link rate: print the link bound, the\n"
+        "                  time the inter-node bytes need at G Gbit/s, and\n"
+        "                  time / bound (x)\n"
+        "reduce_scatter/allgather size is the full vector (P * count * type\n"
+        "size), as nccl-tests.\n"
         "Size is the bytes each rank sends in total (as nccl-tests);\n"
         "alltoallv uses uneven per-peer counts (50%%..150%% of the mean).\n"
         "time is the slowest rank's mean; algbw = size/time; busbw = algbw *\n"
@@ -61,11 +78,14 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         {"coll", 1, 0, 'c'},   {"minbytes", 1, 0, 'b'},
         {"maxbytes", 1, 0, 'e'}, {"stepfactor", 1, 0, 'f'},
         {"iters", 1, 0, 'n'},  {"warmup", 1, 0, 'w'},
-        {"no-check", 0, 0, 'C'}, {"csv", 1, 0, 'o'},
+        {"no-check", 0, 0, 'C'}, {"csv", 1, 0, 'V'},
+        {"datatype", 1, 0, 'd'}, {"op", 1, 0, 'o'},
+        {"density", 1, 0, 'D'}, {"link-gbps", 1, 0, 'L'},
         {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
-    *o = (perf_opts_t){"alltoallv", 8, 64 << 20, 2.0, 20, 5, 1, NULL};
+    *o = (perf_opts_t){"alltoallv", 8, 64 << 20, 2.0, 20, 5, 1, NULL,
+                       "f32", "sum", -1, 0};
     int c;
-    while ((c = getopt_long(argc, argv, "c:b:e:f:n:w:h", lo, NULL)) != -1) {
+    while ((c = getopt_long(argc, argv, "c:b:e:f:n:w:d:o:h", lo, NULL)) != -1) {
         switch (c) {
         case 'c': o->coll = optarg; break;
         case 'b': o->min_bytes = parse_bytes(optarg); break;
@@ -74,7 +94,11 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         case 'n': o->iters = atoi(optarg); break;
         case 'w': o->warmup = atoi(optarg); break;
         case 'C': o->check = 0; break;
-        case 'o': o->csv = optarg; break;
+        case 'V': o->csv = optarg; break;
+        case 'd': o->dtype = optarg; break;
+        case 'o': o->op = optarg; break;
+        case 'D': o->density = atoi(optarg); break;
+        case 'L': o->link_gbps = strtod(optarg, NULL); break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -83,11 +107,15 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         fprintf(stderr, "mox-perf: unexpected argument '%s'\n", argv[optind]);
         return -1;
     }
-    if (strcmp(o->coll, "alltoall") && strcmp(o->coll, "alltoallv")) {
+    if (strcmp(o->coll, "alltoall") && strcmp(o->coll, "alltoallv") &&
+        !rsag_is_coll(o->coll)) {
         fprintf(stderr, "mox-perf: unknown collective '%s' (alltoall, "
-                "alltoallv)\n", o->coll);
+                "alltoallv, reduce_scatter, allgather)\n", o->coll);
         return -1;
     }
+    if (rsag_is_coll(o->coll) &&
+        rsag_check_args(o->dtype, o->op, o->density) != 0)
+        return -1;
     if (!o->min_bytes || o->max_bytes < o->min_bytes || o->factor <= 1.0 ||
         o->iters < 1 || o->warmup < 0) {
         fprintf(stderr, "mox-perf: need 0 < MIN <= MAX, FACTOR > 1, "
@@ -186,6 +214,21 @@ int main(int argc, char **argv)
     if (mox_comm_create(&params, &comm) != MOX_OK) {
         fprintf(stderr, "mox-perf: %s\n", err);
         return 1;
+    }
+    if (rsag_is_coll(o.coll)) {
+        FILE *f = NULL;
+        if (mox_comm_rank(comm) == 0 && o.csv && !(f = fopen(o.csv, "w"))) {
+            perror(o.csv);
+            return 1;
+        }
+        rsag_bench_opts_t ro = {o.coll, o.dtype, o.op, o.density,
+                                o.link_gbps, o.min_bytes, o.max_bytes,
+                                o.factor, o.iters, o.warmup, o.check, f};
+        int rrc = rsag_bench(comm, &ro);
+        if (f)
+            fclose(f);
+        mox_comm_destroy(comm);
+        return rrc;
     }
     bufs_t b = {.P = mox_comm_size(comm), .me = mox_comm_rank(comm)};
     mox_topo_info_t topo = {.struct_size = sizeof topo};

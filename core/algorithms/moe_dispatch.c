@@ -16,6 +16,7 @@
  */
 #include "core/dtype.h"
 #include "core/moe.h"
+#include "core/log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -502,6 +503,9 @@ static mox_status_t progress(struct mox_req *req)
             return MOX_OK;
         m->state = MOE_IDLE; /* this dispatch consumes the notify */
         s->phase = 2;
+        MOX_TRACE("moe", "dispatch %llu: notify done after %.3f ms",
+                  (unsigned long long)req->seq,
+                  (double)(mox__now_ns() - req->start_ns) / 1e6);
     }
     if (s->phase == 2) {
         s->phase = 3;
@@ -515,6 +519,9 @@ static mox_status_t progress(struct mox_req *req)
         if (st != MOX_OK)
             return st;
         s->phase = 4;
+        MOX_TRACE("moe", "dispatch %llu: hop messages in after %.3f ms",
+                  (unsigned long long)req->seq,
+                  (double)(mox__now_ns() - req->start_ns) / 1e6);
         if (m->forward && (st = post_forwards(req, s)) != MOX_OK)
             return st;
     }
@@ -523,6 +530,9 @@ static mox_status_t progress(struct mox_req *req)
     st = mox__treqs_check(m->comm, s->t, s->nt, "moe dispatch");
     if (st != MOX_OK)
         return st;
+    MOX_TRACE("moe", "dispatch %llu: all messages done after %.3f ms",
+              (unsigned long long)req->seq,
+              (double)(mox__now_ns() - req->start_ns) / 1e6);
     st = unpack(s);
     if (st == MOX_ERR_OVERFLOW)
         req->agreed_error = 1; /* everything arrived: peers are in step */

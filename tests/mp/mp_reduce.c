@@ -281,7 +281,9 @@ static int check_rs(const opts_t *o, uint64_t it, const char *out,
         uint64_t i = off + k;
         if (is_int(o->dt)) {
             int64_t want = int_ref(o, it, i);
-            int64_t got = (int64_t)load(o->dt, out, k);
+            int64_t got = o->dt == MOX_DTYPE_I64
+                              ? ((const int64_t *)(const void *)out)[k]
+                              : (int64_t)load(o->dt, out, k);
             if (got != want) {
                 printf("rank %d: element %" PRIu64 ": got %" PRId64
                        ", want %" PRId64 "\n", me, i, got, want);
@@ -333,17 +335,11 @@ static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
                            uint64_t nblk)
 {
     size_t es = dt_size[o->dt];
-    for (int r = 0; r < P; r++)
-        (void)r;
-    uint64_t off = 0;
-    for (int r = 0; r < me; r++)
-        off += counts[r];
     for (uint64_t i = 0; i < total; i++)
         store(o->dt, in, i, value(o, it, me, i));
     const void *sb = in;
     char *rb = out;
     if (o->in_place) {
-        memcpy(in + 0, in, 0);
         sb = MOX_IN_PLACE;
         rb = in;
     }
@@ -369,7 +365,6 @@ static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
     st = finish(o, st, req);
     if (st == MOX_OK)
         memcpy(res, rb, counts[me] * es);
-    (void)off;
     return st;
 }
 
@@ -483,5 +478,117 @@ static int iter_ag(mox_comm_t comm, const opts_t *o, uint64_t it)
     free(send);
     free(out[0]);
     free(out[1]);
+    return bad;
+}
+
+static int expect(mox_comm_t comm, const char *what, mox_status_t st,
+                  mox_status_t want, const char *text)
+{
+    const char *msg = mox_comm_last_error(comm);
+    if (st != want || !strstr(msg, text)) {
+        printf("rank %d: %s: got %s (%s), want %s mentioning '%s'\n", me,
+               what, mox_status_name(st), msg, mox_status_name(want), text);
+        return 1;
+    }
+    printf("MOXTEST expected rank %d: %s: %s: %s\n", me, what,
+           mox_status_name(st), msg);
+    return 0;
+}
+
+/* Bad input: named errors before anything is sent; the communicator
+ * stays usable afterwards (a correct reduce-scatter follows). */
+static int bad_args(mox_comm_t comm, opts_t *o)
+{
+    float buf[64] = {0}, out[64];
+    uint64_t blk[2] = {3, 1};
+    int bad = 0;
+    bad |= expect(comm, "unknown dtype",
+                  mox_reduce_scatter(comm, buf, out, 1, (mox_dtype_t)42,
+                                     MOX_OP_SUM),
+                  MOX_ERR_INVALID_ARG, "unknown dtype 42");
+    bad |= expect(comm, "unknown op",
+                  mox_reduce_scatter(comm, buf, out, 1, MOX_DTYPE_F32,
+                                     (mox_op_t)9),
+                  MOX_ERR_INVALID_ARG, "unknown op 9");
+    bad |= expect(comm, "avg on i32",
+                  mox_reduce_scatter(comm, buf, out, 1, MOX_DTYPE_I32,
+                                     MOX_OP_AVG),
+                  MOX_ERR_INVALID_ARG, "avg is not defined");
+    bad |= expect(comm, "overlap",
+                  mox_reduce_scatter(comm, buf, buf + 1, 1, MOX_DTYPE_F32,
+                                     MOX_OP_SUM),
+                  MOX_ERR_INVALID_ARG, "overlap");
+    bad |= expect(comm, "allgather overlap",
+                  mox_allgather(comm, buf + 1, buf, 1, MOX_DTYPE_F32),
+                  MOX_ERR_INVALID_ARG, "overlap");
+    bad |= expect(comm, "sparse unsorted",
+                  mox_reduce_scatter_sparse(comm, buf, out, 4, MOX_DTYPE_F32,
+                                            MOX_OP_SUM, 2, blk, 2),
+                  MOX_ERR_INVALID_ARG, "ascend");
+    bad |= expect(comm, "sparse max",
+                  mox_reduce_scatter_sparse(comm, buf, out, 4, MOX_DTYPE_F32,
+                                            MOX_OP_MAX, 2, blk, 0),
+                  MOX_ERR_UNSUPPORTED, "max");
+    bad |= expect(comm, "sparse block",
+                  mox_reduce_scatter_sparse(comm, buf, out, 5, MOX_DTYPE_F32,
+                                            MOX_OP_SUM, 2, blk, 0),
+                  MOX_ERR_INVALID_ARG, "multiple of block_elems");
+    o->coll = "rs";
+    o->max_count = 7;
+    return bad | iter_rs(comm, o, 0);
+}
+
+/* The victim passes one more element for rank 0: every rank it talks to
+ * and the victim itself must report MOX_ERR_MISMATCH, nobody hangs. */
+static int mismatch(mox_comm_t comm, const opts_t *o)
+{
+    uint64_t *counts = malloc((size_t)P * sizeof *counts), total = 0;
+    for (int r = 0; r < P; r++)
+        total += counts[r] = 10 + (uint64_t)(me == o->victim && r == 0);
+    float *in = calloc(total, sizeof *in), *out = calloc(16, sizeof *out);
+    mox_status_t st = mox_reduce_scatter_v(comm, in, out, counts,
+                                           MOX_DTYPE_F32, MOX_OP_SUM);
+    if (st != MOX_OK)
+        fail(comm, "reduce_scatter with mismatched counts", st);
+    free(in);
+    free(out);
+    free(counts);
+    return me == o->victim ? st != MOX_ERR_MISMATCH : 0;
+}
+
+int main(int argc, char **argv)
+{
+    opts_t o;
+    if (parse(argc, argv, &o) != 0) {
+        usage(stderr);
+        return 2;
+    }
+    mox_comm_t comm;
+    char err[512] = "";
+    mox_comm_params_t params = {.struct_size = sizeof params,
+                                .error_buf = err, .error_buf_len = sizeof err};
+    if (mox_comm_create(&params, &comm) != MOX_OK) {
+        fprintf(stderr, "mp_reduce: %s\n", err);
+        return 1;
+    }
+    me = mox_comm_rank(comm);
+    P = mox_comm_size(comm);
+    int bad = 0;
+    if (!strcmp(o.mode, "bad-args"))
+        bad = bad_args(comm, &o);
+    else if (!strcmp(o.mode, "mismatch"))
+        bad = mismatch(comm, &o);
+    else
+        for (uint64_t it = 0; it < o.iters && !bad; it++)
+            bad = o.coll[0] == 'a' ? iter_ag(comm, &o, it)
+                                   : iter_rs(comm, &o, it);
+    mox_stats_t s = {.struct_size = sizeof s};
+    mox_comm_stats(comm, &s);
+    if (!bad && strcmp(o.mode, "mismatch"))
+        printf("MOXTEST ok rank %d inter_bytes %" PRIu64 " intra_bytes %"
+               PRIu64 " sparse_saved %" PRIu64 "\n", me, s.bytes_inter,
+               s.bytes_intra, s.bytes_sparse_saved);
+    fflush(stdout);
+    mox_comm_destroy(comm);
     return bad;
 }
