@@ -72,13 +72,14 @@ struct mox_moe {
     /* Forwarding (dedup): for each local rank d, the records I forward to
      * it, as offsets into hopin. */
     mox__csr_t fwd;         /* lists by local rank; items index recs */
-    uint64_t *fwd_rec;      /* record byte offsets into hopin (items) */
+    uint64_t *fwd_rec;      /* record indices into hopin (items) */
     uint64_t *fwd_in;       /* [L] records each local forwarder sends me */
 
     /* Buffers reused across calls. */
-    mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, notify,
+    mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, hidscratch, notify,
         comb_send, comb_recv, comb_accum, comb_part;
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
+    uint64_t *hopin_first;  /* [P+1] index of each source's first record */
     uint64_t *fwdin_off;    /* [L+1] byte offsets of each forwarder */
 };
 

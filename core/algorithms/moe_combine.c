@@ -58,6 +58,12 @@ static const mox__csr_t *back_list(const struct mox_moe *m, int x)
     return m->forward && remote(m, x) ? &m->hop : &m->direct;
 }
 
+static int same_format(const struct mox_moe *m)
+{
+    return (m->comb_elem == 4 && m->cfg.x_dtype == MOX_DTYPE_F32) ||
+           (m->comb_elem == 2 && m->cfg.x_dtype == MOX_DTYPE_BF16);
+}
+
 static void to_wire(const struct mox_moe *m, const void *src, char *dst,
                     size_t rows, float *tmp)
 {
@@ -143,10 +149,16 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
         uint64_t n = m->final_in[x];
         if (!direct_back(m, x) || !n)
             continue;
-        char *dst = s->send + s->send_off[x] * rb;
-        to_wire(m, s->expert_out + m->final_off[x] * (size_t)m->H * m->x_elem,
-                dst, n, tmp);
-        st = mox__isend(c, x, btag, dst, n * rb, &s->bsend[x]);
+        const char *rows = s->expert_out +
+                           m->final_off[x] * (size_t)m->H * m->x_elem;
+        if (!same_format(m)) {
+            char *dst = s->send + s->send_off[x] * rb;
+            to_wire(m, rows, dst, n, tmp);
+            rows = dst;
+        }
+        /* Rows of one source are contiguous in expert_out: sent in place
+         * when the wire format is x's own. */
+        st = mox__isend(c, x, btag, rows, n * rb, &s->bsend[x]);
     }
     /* Partial rows to each rail peer of my node that forwarded to me: rows
      * of the remote sources it serves, in source order. */
@@ -178,7 +190,7 @@ static mox_status_t post_sums(struct mox_req *req, combine_t *s)
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
     size_t H = (size_t)m->H, rb = s->row_bytes;
-    uint64_t nrec = m->hopin_off[m->P] / m->rec_bytes;
+    uint64_t nrec = m->hopin_first[m->P];
     float *acc = mox__buf_reserve(&m->comb_accum, nrec * H * 4 + 8);
     float *tmp = malloc(H * sizeof *tmp + 8);
     if (!acc || !tmp) {
@@ -209,7 +221,7 @@ static mox_status_t post_sums(struct mox_req *req, combine_t *s)
         const char *rows = l == c->local_rank ? mine
                                               : s->recv + s->part_off[l] * rb;
         for (uint64_t j = m->fwd.off[l]; j < m->fwd.off[l + 1]; j++) {
-            uint64_t rec = m->fwd_rec[j] / m->rec_bytes;
+            uint64_t rec = m->fwd_rec[j];
             accumulate(m, rows + (j - m->fwd.off[l]) * rb, acc + rec * H);
         }
     }
@@ -219,7 +231,7 @@ static mox_status_t post_sums(struct mox_req *req, combine_t *s)
     for (int x = 0; x < m->P && st == MOX_OK; x++) {
         if (!served_remote(m, x) || !m->hop_in[x])
             continue;
-        uint64_t first = m->hopin_off[x] / m->rec_bytes;
+        uint64_t first = m->hopin_first[x];
         char *dst = s->send + s->send_off[x] * rb;
         for (uint64_t j = 0; j < m->hop_in[x]; j++) {
             const float *a = acc + (first + j) * H;

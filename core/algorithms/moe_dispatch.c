@@ -21,7 +21,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3 };
+enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3, STEP_HIDDEN = 4 };
 #define NOTIFY_MAGIC 0x4e584f4du /* "MOXN" */
 
 typedef struct {
@@ -32,8 +32,23 @@ typedef struct {
     int L, me_local;
     mox__treq_t *t;
     mox__treq_t *nsend, *nrecv, *hsend, *hrecv, *fsend, *frecv;
+    mox__treq_t *xsend, *xrecv;  /* hidden blocks of split messages */
+    char *hidden_in;             /* where split hidden blocks land: recv_x,
+                                    or scratch when it cannot take them */
     size_t nt;
 } dispatch_t;
+
+/*
+ * Inside a node, with the native wire, a source's message to a rank is
+ * split in two: the records' meta blocks, and the hidden vectors as one
+ * block that lands straight in recv_x at that source's rows (they are
+ * contiguous: rows are ordered by source). That saves the unpack copy.
+ */
+static int split_with(const struct mox_moe *m, int peer)
+{
+    return m->cfg.dispatch_wire == MOX_MOE_WIRE_NATIVE && !m->broadcast &&
+           m->comm->topo.node_of[peer] == m->comm->node;
+}
 
 /* Notify message fields (little-endian host order: peers share the ABI). */
 typedef struct {
@@ -232,8 +247,7 @@ static void encode_hidden(const struct mox_moe *m, const void *x, char *dst,
     }
 }
 
-static void pack_record(const struct mox_moe *m, int64_t t, char *rec,
-                        float *tmp)
+static void pack_meta(const struct mox_moe *m, int64_t t, char *rec)
 {
     int32_t tok = (int32_t)t;
     memcpy(rec, &tok, 4);
@@ -243,6 +257,12 @@ static void pack_record(const struct mox_moe *m, int64_t t, char *rec,
     }
     memcpy(rec + 4 + 4 * (size_t)m->k,
            m->in.topk_weights + (size_t)t * (size_t)m->k, 4 * (size_t)m->k);
+}
+
+static void pack_record(const struct mox_moe *m, int64_t t, char *rec,
+                        float *tmp)
+{
+    pack_meta(m, t, rec);
     const char *x = (const char *)m->in.x +
                     (size_t)t * (size_t)m->H * m->x_elem;
     encode_hidden(m, x, rec + m->meta_bytes, tmp);
@@ -252,13 +272,22 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
 {
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
-    size_t rb = m->rec_bytes;
-    uint64_t in_total = 0;
+    size_t rb = m->rec_bytes, hb = (size_t)m->H * m->x_elem;
+    uint64_t in_total = 0, in_bytes = 0;
     for (int x = 0; x < m->P; x++) {
-        m->hopin_off[x] = in_total * rb;
+        m->hopin_off[x] = in_bytes;
+        m->hopin_first[x] = in_total;
         in_total += m->hop_in[x];
+        in_bytes += m->hop_in[x] * (split_with(m, x) ? m->meta_bytes : rb);
     }
-    m->hopin_off[m->P] = in_total * rb;
+    m->hopin_off[m->P] = in_bytes;
+    m->hopin_first[m->P] = in_total;
+    /* Hidden blocks go to recv_x when it can take all rows, else to
+     * scratch (the overflow is reported after everything arrived). */
+    s->hidden_in = s->out && s->out->recv_x &&
+                           m->num_recv <= s->out->capacity
+                       ? s->out->recv_x
+                       : mox__buf_reserve(&m->hidscratch, m->num_recv * hb + 8);
     uint64_t fwd_total = 0;
     for (int l = 0; l < s->L; l++) {
         m->fwdin_off[l] = fwd_total * rb;
@@ -266,11 +295,11 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
     }
     m->fwdin_off[s->L] = fwd_total * rb;
     uint64_t out_total = m->hop.off[m->P];
-    char *hin = mox__buf_reserve(&m->hopin, in_total * rb + 8);
+    char *hin = mox__buf_reserve(&m->hopin, in_bytes + 8);
     char *fin = mox__buf_reserve(&m->fwdin, fwd_total * rb + 8);
     char *hout = mox__buf_reserve(&m->hopout, out_total * rb + 8);
     float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
-    if (!hin || !fin || !hout || !tmp) {
+    if (!hin || !fin || !hout || !tmp || !s->hidden_in) {
         free(tmp);
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory for %llu + "
                          "%llu records", (unsigned long long)in_total,
@@ -279,10 +308,18 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
     mox_status_t st = MOX_OK;
     uint64_t htag = mox__tag(req->seq, STEP_HOP);
     uint64_t ftag = mox__tag(req->seq, STEP_FWD);
-    for (int x = 0; x < m->P && st == MOX_OK; x++)
-        if (m->hop_in[x])
-            st = mox__irecv(c, x, htag, hin + m->hopin_off[x],
-                            m->hop_in[x] * rb, &s->hrecv[x]);
+    uint64_t xtag = mox__tag(req->seq, STEP_HIDDEN);
+    for (int x = 0; x < m->P && st == MOX_OK; x++) {
+        if (!m->hop_in[x])
+            continue;
+        int split = split_with(m, x);
+        st = mox__irecv(c, x, htag, hin + m->hopin_off[x],
+                        m->hop_in[x] * (split ? m->meta_bytes : rb),
+                        &s->hrecv[x]);
+        if (st == MOX_OK && split)
+            st = mox__irecv(c, x, xtag, s->hidden_in + m->final_off[x] * hb,
+                            m->hop_in[x] * hb, &s->xrecv[x]);
+    }
     for (int l = 0; l < s->L && st == MOX_OK; l++)
         if (m->fwd_in[l])
             st = mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l), ftag,
@@ -292,6 +329,20 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
         int h = (c->rank + i) % m->P;
         uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
         char *msg = hout + m->hop.off[h] * rb;
+        if (n && split_with(m, h)) {
+            /* Metas, then the hidden block, in the record's room. */
+            char *hid = msg + n * m->meta_bytes;
+            for (uint64_t j = 0; j < n; j++) {
+                int64_t t = m->hop.item[m->hop.off[h] + j];
+                pack_meta(m, t, msg + j * m->meta_bytes);
+                memcpy(hid + j * hb, (const char *)m->in.x + (size_t)t * hb,
+                       hb);
+            }
+            st = mox__isend(c, h, htag, msg, n * m->meta_bytes, &s->hsend[h]);
+            if (st == MOX_OK)
+                st = mox__isend(c, h, xtag, hid, n * hb, &s->xsend[h]);
+            continue;
+        }
         for (uint64_t j = 0; j < n; j++)
             pack_record(m, m->hop.item[m->hop.off[h] + j], msg + j * rb, tmp);
         if (n)
@@ -351,7 +402,7 @@ static mox_status_t post_forwards(struct mox_req *req, dispatch_t *s)
                              mox__topo_rank_at(&c->topo, c->node, l)))
                     continue;
                 uint64_t pos = off[l] + fill[l]++;
-                items[pos] = at;
+                items[pos] = m->hopin_first[src] + j; /* record index */
                 if (l != s->me_local)
                     memcpy(fout + pos * rb, hin + at, rb);
             }
@@ -394,13 +445,14 @@ static void decode_hidden(const struct mox_moe *m, const char *src, void *x,
 }
 
 static void write_row(const struct mox_moe *m, mox_moe_output_t *o,
-                      uint64_t row, int src, const char *rec, float *tmp)
+                      uint64_t row, int src, const char *rec, int hidden,
+                      float *tmp)
 {
     int me = m->comm->rank;
     size_t k = (size_t)m->k;
     int32_t tok;
     memcpy(&tok, rec, 4);
-    if (o->recv_x)
+    if (o->recv_x && hidden)
         decode_hidden(m, rec + m->meta_bytes,
                       (char *)o->recv_x + row * (size_t)m->H * m->x_elem, tmp);
     for (size_t j = 0; j < k; j++) {
@@ -424,8 +476,9 @@ static void write_row(const struct mox_moe *m, mox_moe_output_t *o,
  * filtering (records sent to me as hop may be for other ranks too). */
 static const char *source_records(const struct mox_moe *m, dispatch_t *s,
                                   int src, uint64_t *n, int *filter,
-                                  uint64_t *fwd_cursor)
+                                  size_t *stride, uint64_t *fwd_cursor)
 {
+    *stride = m->rec_bytes;
     if (m->forward && is_remote(m, src) &&
         mox__moe_forwarder_for(m, src) != m->comm->rank) {
         int l = m->comm->topo.local_of[mox__moe_forwarder_for(m, src)];
@@ -438,6 +491,8 @@ static const char *source_records(const struct mox_moe *m, dispatch_t *s,
     }
     *n = m->hop_in[src];
     *filter = m->broadcast || served_remote(m, src);
+    if (split_with(m, src))
+        *stride = m->meta_bytes;
     return (const char *)m->hopin.p + m->hopin_off[src];
 }
 
@@ -466,13 +521,17 @@ static mox_status_t unpack(dispatch_t *s)
     for (int src = 0; src < m->P && st == MOX_OK; src++) {
         uint64_t n, row = m->final_off[src], got = 0;
         int filter;
-        const char *p = source_records(m, s, src, &n, &filter, cursor);
+        size_t stride;
+        const char *p = source_records(m, s, src, &n, &filter, &stride,
+                                       cursor);
+        /* Split messages put their hidden block in place already. */
+        int in_place = split_with(m, src);
         for (uint64_t j = 0; j < n && got <= m->final_in[src]; j++) {
-            const char *rec = p + j * m->rec_bytes;
+            const char *rec = p + j * stride;
             if (filter && !rec_for(m, rec, c->rank))
                 continue;
             if (got < m->final_in[src])
-                write_row(m, o, row + got, src, rec, tmp);
+                write_row(m, o, row + got, src, rec, !in_place, tmp);
             got++;
         }
         if (got != m->final_in[src])
@@ -546,7 +605,7 @@ static mox_status_t peer_arrays(struct mox_moe *m, int L)
     if (m->hop_in)
         return MOX_OK;
     size_t P = (size_t)m->P;
-    uint64_t *a = calloc(6 * P + 4 + 4 * (size_t)L + 4 + 2 * (size_t)m->E_local,
+    uint64_t *a = calloc(7 * P + 5 + 4 * (size_t)L + 4 + 2 * (size_t)m->E_local,
                          sizeof *a);
     if (!a)
         return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe: no memory");
@@ -559,6 +618,7 @@ static mox_status_t peer_arrays(struct mox_moe *m, int L)
     m->fwd.off = m->fwdin_off + L + 1; /* L + 1 */
     m->per_expert = m->fwd.off + L + 1;
     m->per_expert_raw = m->per_expert + m->E_local;
+    m->hopin_first = m->per_expert_raw + m->E_local; /* P + 1 */
     return MOX_OK;
 }
 
@@ -570,7 +630,7 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     int L = c->local_size;
     if (peer_arrays(m, L) != MOX_OK)
         return MOX_ERR_NO_MEMORY;
-    size_t nt = 4 * (size_t)m->P + 2 * (size_t)L;
+    size_t nt = 6 * (size_t)m->P + 2 * (size_t)L;
     dispatch_t *s = calloc(1, sizeof *s + nt * sizeof(mox__treq_t));
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
@@ -586,7 +646,9 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     s->nrecv = s->nsend + m->P;
     s->hsend = s->nrecv + m->P;
     s->hrecv = s->hsend + m->P;
-    s->fsend = s->hrecv + m->P;
+    s->xsend = s->hrecv + m->P;
+    s->xrecv = s->xsend + m->P;
+    s->fsend = s->xrecv + m->P;
     s->frecv = s->fsend + L;
     req->treqs = s->t;
     req->ntreqs = nt;

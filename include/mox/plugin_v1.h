@@ -196,6 +196,8 @@ typedef struct mox_plugin_v1 {
      * reason is copied to err (when err_len > 0). */
     int (*comm_create)(const mox_v1_comm_params_t *params,
                        mox_v1_comm_t *comm, char *err, size_t err_len);
+    /* Not collective; also releases the communicator's requests and moe
+     * handles, which the host must not use afterwards. NULL accepted. */
     void (*comm_destroy)(mox_v1_comm_t comm);
     /* Tear down at once without synchronising with peers (they see a
      * failed peer); outstanding requests and moe handles are released. */
