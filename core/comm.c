@@ -52,13 +52,27 @@ static void warn_unknown_once(void)
 typedef struct {
     char node_key[MOX_NODE_KEY_LEN];
     char job_id[32];
+    char host_id[40];   /* the kernel's boot id: one per machine, shared by
+                           emulated nodes (namespaces) of that machine */
 } hello_t;
+
+static void read_host_id(char *id, size_t len)
+{
+    FILE *f = fopen("/proc/sys/kernel/random/boot_id", "r");
+    if (!f || !fgets(id, (int)len, f))
+        gethostname(id, len); /* no procfs: the host name will do */
+    id[len - 1] = '\0';
+    id[strcspn(id, "\n")] = '\0';
+    if (f)
+        fclose(f);
+}
 
 static mox_status_t learn_topology(mox__comm_t *c, char *err, size_t errlen)
 {
     hello_t me, *all;
     memset(&me, 0, sizeof me);
     mox__topo_node_key(c->cfg.node_id_str, me.node_key, sizeof me.node_key);
+    read_host_id(me.host_id, sizeof me.host_id);
     if (c->cfg.job_id_str[0])
         snprintf(me.job_id, sizeof me.job_id, "%s", c->cfg.job_id_str);
     else
@@ -85,6 +99,10 @@ static mox_status_t learn_topology(mox__comm_t *c, char *err, size_t errlen)
             keys[(size_t)r * MOX_NODE_KEY_LEN + MOX_NODE_KEY_LEN - 1] = '\0';
         }
         st = mox__topo_group(keys, MOX_NODE_KEY_LEN, c->size, &c->topo);
+        c->host_ranks = 0;
+        for (int r = 0; r < c->size; r++)
+            c->host_ranks += strncmp(all[r].host_id, me.host_id,
+                                     sizeof me.host_id) == 0;
         free(keys);
         if (st != MOX_OK)
             snprintf(err, errlen, "could not group ranks into nodes");
@@ -103,8 +121,9 @@ static mox_status_t learn_topology(mox__comm_t *c, char *err, size_t errlen)
     return MOX_OK;
 }
 
-/* Spinning only pays when every rank of the node has a core of its own;
- * otherwise a spinning rank steals the core its peer needs to answer. */
+/* Spinning only pays when every rank on this machine has a core of its
+ * own; otherwise a spinning rank steals the core a peer needs to answer.
+ * Emulated nodes of one machine share its cores, hence the host count. */
 static int64_t resolve_spin(const mox__comm_t *c)
 {
     if (c->cfg.spin_count >= 0)
@@ -112,7 +131,7 @@ static int64_t resolve_spin(const mox__comm_t *c)
     cpu_set_t set;
     int cores = sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set)
                                                             : 1;
-    return c->local_size > cores ? 0 : 2000;
+    return c->host_ranks > cores ? 0 : 2000;
 }
 
 static mox_status_t create_transports(mox__comm_t *c, char *err,

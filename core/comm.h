@@ -35,6 +35,7 @@ struct mox_comm {
     int node, local_rank, local_size;
     int numa_node;
     int64_t spin_count;     /* resolved MOX_SPIN_COUNT */
+    int host_ranks;         /* ranks on this machine (any emulated node) */
     char nic[64];
     int nic_rate_mbps;
     char node_key[MOX_NODE_KEY_LEN];

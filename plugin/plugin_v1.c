@@ -1,7 +1,7 @@
 /*
  * The exported v1 table of libmox.so: every entry maps onto the public C
  * API of mox.h. Only host memory is supported; a device buffer gives
- * MOX_ERR_UNSUPPORTED.
+ * MOX_ERR_UNSUPPORTED (before anything is sent).
  *
  * ABI handles wrap mox's: a v1 request remembers its communicator (so
  * comm_destroy can release what the host did not) and, for dispatch, where
@@ -27,6 +27,12 @@ _Static_assert(MOX_V1_DTYPE_U8 == MOX_DTYPE_U8 &&
                MOX_V1_DTYPE_F32 == MOX_DTYPE_F32 &&
                MOX_V1_DTYPE_F64 == MOX_DTYPE_F64,
                "v1 dtype values differ from mox_dtype_t");
+_Static_assert(MOX_V1_OP_SUM == MOX_OP_SUM && MOX_V1_OP_PROD == MOX_OP_PROD &&
+               MOX_V1_OP_MAX == MOX_OP_MAX && MOX_V1_OP_MIN == MOX_OP_MIN &&
+               MOX_V1_OP_AVG == MOX_OP_AVG,
+               "v1 op values differ from mox_op_t");
+_Static_assert(MOX_V1_ERR_MISMATCH == MOX_ERR_MISMATCH,
+               "v1 status values differ from mox_status_t");
 
 struct mox_v1_req {
     mox_req_t inner;
@@ -58,12 +64,19 @@ static int get_caps(mox_v1_caps_t *caps)
     *caps = (mox_v1_caps_t){
         .struct_size = sizeof *caps,
         .collectives = MOX_V1_COLL_BARRIER | MOX_V1_COLL_ALLTOALL |
-                       MOX_V1_COLL_ALLTOALLV | MOX_V1_COLL_MOE,
+                       MOX_V1_COLL_ALLTOALLV | MOX_V1_COLL_MOE |
+                       MOX_V1_COLL_REDUCE_SCATTER | MOX_V1_COLL_ALLGATHER |
+                       MOX_V1_COLL_REDUCE_SCATTER_SPARSE,
         .moe_x_dtypes = 1u << MOX_V1_DTYPE_F32 | 1u << MOX_V1_DTYPE_BF16 |
                         1u << MOX_V1_DTYPE_F16,
         .moe_idx_dtypes = 1u << MOX_V1_DTYPE_I32 | 1u << MOX_V1_DTYPE_I64,
-        .reduce_dtypes = 0,
-        .reduce_ops = 0,
+        .reduce_dtypes = 1u << MOX_V1_DTYPE_U8 | 1u << MOX_V1_DTYPE_I32 |
+                         1u << MOX_V1_DTYPE_I64 | 1u << MOX_V1_DTYPE_F16 |
+                         1u << MOX_V1_DTYPE_BF16 | 1u << MOX_V1_DTYPE_F32 |
+                         1u << MOX_V1_DTYPE_F64,
+        .reduce_ops = 1u << MOX_V1_OP_SUM | 1u << MOX_V1_OP_PROD |
+                      1u << MOX_V1_OP_MAX | 1u << MOX_V1_OP_MIN |
+                      1u << MOX_V1_OP_AVG, /* avg: float types only */
         .mem_types = 1u << MOX_V1_MEM_HOST,
         .max_elem_bytes = 0};
     return MOX_OK;
@@ -305,6 +318,97 @@ static int ialltoallv(mox_v1_comm_t c, mox_v1_cbuf_t sb, const uint64_t *sc,
     return wrap_req(c, st, in, req, NULL, NULL);
 }
 
+/* ---- reduce-scatter and allgather --------------------------------- */
+
+/* sendbuf of the in-place forms: MOX_V1_IN_PLACE is mox.h's MOX_IN_PLACE,
+ * and its memory type is that of recvbuf. */
+static const void *send_ptr(mox_v1_cbuf_t sb)
+{
+    return sb.ptr == MOX_V1_IN_PLACE ? MOX_IN_PLACE : sb.ptr;
+}
+
+static int host_bufs(mox_v1_cbuf_t sb, mox_v1_buf_t rb)
+{
+    return (sb.ptr == MOX_V1_IN_PLACE || is_host(sb.mem_type)) &&
+           is_host(rb.mem_type);
+}
+
+static int ireduce_scatter(mox_v1_comm_t c, mox_v1_cbuf_t sb, mox_v1_buf_t rb,
+                           uint64_t recvcount, int32_t dtype, int32_t op,
+                           mox_v1_req_t *req)
+{
+    if (!c || !req)
+        return MOX_ERR_INVALID_ARG;
+    if (!host_bufs(sb, rb))
+        return MOX_ERR_UNSUPPORTED;
+    mox_req_t in = NULL;
+    mox_status_t st = mox_ireduce_scatter(c->inner, send_ptr(sb), rb.ptr,
+                                          recvcount, (mox_dtype_t)dtype,
+                                          (mox_op_t)op, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
+}
+
+static int ireduce_scatter_v(mox_v1_comm_t c, mox_v1_cbuf_t sb,
+                             mox_v1_buf_t rb, const uint64_t *recvcounts,
+                             int32_t dtype, int32_t op, mox_v1_req_t *req)
+{
+    if (!c || !req)
+        return MOX_ERR_INVALID_ARG;
+    if (!host_bufs(sb, rb))
+        return MOX_ERR_UNSUPPORTED;
+    mox_req_t in = NULL;
+    mox_status_t st = mox_ireduce_scatter_v(c->inner, send_ptr(sb), rb.ptr,
+                                            recvcounts, (mox_dtype_t)dtype,
+                                            (mox_op_t)op, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
+}
+
+static int ireduce_scatter_sparse(mox_v1_comm_t c, mox_v1_cbuf_t sb,
+                                  mox_v1_buf_t rb, uint64_t recvcount,
+                                  int32_t dtype, int32_t op,
+                                  uint64_t block_elems, const uint64_t *blocks,
+                                  uint64_t nblocks, mox_v1_req_t *req)
+{
+    if (!c || !req)
+        return MOX_ERR_INVALID_ARG;
+    if (!host_bufs(sb, rb))
+        return MOX_ERR_UNSUPPORTED;
+    mox_req_t in = NULL;
+    mox_status_t st = mox_ireduce_scatter_sparse(
+        c->inner, send_ptr(sb), rb.ptr, recvcount, (mox_dtype_t)dtype,
+        (mox_op_t)op, block_elems, blocks, nblocks, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
+}
+
+static int iallgather(mox_v1_comm_t c, mox_v1_cbuf_t sb, mox_v1_buf_t rb,
+                      uint64_t count, int32_t dtype, mox_v1_req_t *req)
+{
+    if (!c || !req)
+        return MOX_ERR_INVALID_ARG;
+    if (!host_bufs(sb, rb))
+        return MOX_ERR_UNSUPPORTED;
+    mox_req_t in = NULL;
+    mox_status_t st = mox_iallgather(c->inner, send_ptr(sb), rb.ptr, count,
+                                     (mox_dtype_t)dtype, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
+}
+
+static int iallgatherv(mox_v1_comm_t c, mox_v1_cbuf_t sb, uint64_t sendcount,
+                       mox_v1_buf_t rb, const uint64_t *recvcounts,
+                       const uint64_t *displs, int32_t dtype,
+                       mox_v1_req_t *req)
+{
+    if (!c || !req)
+        return MOX_ERR_INVALID_ARG;
+    if (!host_bufs(sb, rb))
+        return MOX_ERR_UNSUPPORTED;
+    mox_req_t in = NULL;
+    mox_status_t st = mox_iallgatherv(c->inner, send_ptr(sb), sendcount,
+                                      rb.ptr, recvcounts, displs,
+                                      (mox_dtype_t)dtype, &in);
+    return wrap_req(c, st, in, req, NULL, NULL);
+}
+
 /* ---- MoE ----------------------------------------------------------- */
 
 static int moe_create(mox_v1_comm_t c, const mox_v1_moe_config_t *cfg,
@@ -457,4 +561,9 @@ MOX_API const mox_plugin_v1_t mox_plugin_v1 = {
     .moe_recv_count = moe_recv_count,
     .moe_idispatch = moe_idispatch,
     .moe_icombine = moe_icombine,
+    .ireduce_scatter = ireduce_scatter,
+    .ireduce_scatter_v = ireduce_scatter_v,
+    .ireduce_scatter_sparse = ireduce_scatter_sparse,
+    .iallgather = iallgather,
+    .iallgatherv = iallgatherv,
 };

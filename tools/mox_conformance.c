@@ -25,7 +25,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
-#define MAX_CASES 256
+#define MAX_CASES 512
 #define TAG "MOXCONF "
 
 #ifndef MOX_RUN_FALLBACK
@@ -215,6 +215,7 @@ static int build_cases(const char *filter, int *ncases)
     n += conf_basic_cases(cases + n, MAX_CASES - n);
     n += conf_a2a_cases(cases + n, MAX_CASES - n);
     n += conf_moe_cases(cases + n, MAX_CASES - n);
+    n += conf_rsag_cases(cases + n, MAX_CASES - n);
     if (filter) {
         regex_t re;
         int rc = regcomp(&re, filter, REG_EXTENDED | REG_NOSUB);

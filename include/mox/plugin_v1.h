@@ -20,10 +20,10 @@
  *     than MOX_PLUGIN_V1_MIN_SIZE is rejected.
  *  4. Unused or unsupported entries are NULL; capabilities say what works.
  *
- * STATUS: v1 is NOT yet released. Before it is frozen, the reduce-scatter
- * and allgather entries are appended at the marked place at the end of
- * mox_plugin_v1_t (and nowhere else); the abidiff baseline in packaging/abi/
- * is then regenerated once, deliberately, and from then on v1 is frozen.
+ * STATUS: v1 is complete but NOT yet released: the reduce-scatter and
+ * allgather entries were appended at the end of mox_plugin_v1_t and the
+ * abidiff baseline in packaging/abi/ regenerated (docs/abi.md, "Baseline
+ * history"). From the first release tag on, v1 is frozen.
  *
  * Conventions of every entry
  *  - Statuses are ints with the values of mox_status_t in mox.h (which are
@@ -53,6 +53,7 @@ extern "C" {
 #define MOX_V1_OK 0
 #define MOX_V1_IN_PROGRESS 1
 #define MOX_V1_ERR_INVALID_ARG (-1)
+#define MOX_V1_ERR_MISMATCH (-6)
 #define MOX_V1_ERR_OVERFLOW (-13)
 #define MOX_V1_ERR_UNSUPPORTED (-11)
 
@@ -84,8 +85,13 @@ extern "C" {
 #define MOX_V1_COLL_ALLTOALL (1u << 1)
 #define MOX_V1_COLL_ALLTOALLV (1u << 2)
 #define MOX_V1_COLL_MOE (1u << 3) /* moe_* entries */
-#define MOX_V1_COLL_REDUCE_SCATTER (1u << 4) /* reserved, see STATUS */
-#define MOX_V1_COLL_ALLGATHER (1u << 5)      /* reserved, see STATUS */
+#define MOX_V1_COLL_REDUCE_SCATTER (1u << 4) /* ireduce_scatter, _v */
+#define MOX_V1_COLL_ALLGATHER (1u << 5)      /* iallgather, iallgatherv */
+#define MOX_V1_COLL_REDUCE_SCATTER_SPARSE (1u << 6) /* ireduce_scatter_sparse */
+
+/* sendbuf.ptr of the in-place reduce-scatter and allgather forms (the
+ * value of MOX_IN_PLACE in mox.h). */
+#define MOX_V1_IN_PLACE ((const void *)1)
 
 /* A buffer: where it is and in which memory. */
 typedef struct {
@@ -111,8 +117,9 @@ typedef struct {
     uint64_t collectives;  /* MOX_V1_COLL_* */
     uint64_t moe_x_dtypes; /* hidden-vector types of moe dispatch/combine */
     uint64_t moe_idx_dtypes; /* expert-id types of moe */
-    uint64_t reduce_dtypes;  /* element types of reductions */
-    uint64_t reduce_ops;     /* MOX_V1_OP_* */
+    uint64_t reduce_dtypes;  /* element types of reduce-scatter (all forms) */
+    uint64_t reduce_ops;     /* MOX_V1_OP_* of reduce-scatter (sparse: the
+                                sum and avg among them) */
     uint64_t mem_types;      /* MOX_V1_MEM_* */
     uint64_t max_elem_bytes; /* largest elem_bytes of alltoall(v); 0 = any */
 } mox_v1_caps_t;
@@ -241,10 +248,65 @@ typedef struct mox_plugin_v1 {
     int (*moe_icombine)(mox_v1_moe_t moe, mox_v1_cbuf_t expert_out,
                         mox_v1_buf_t out, mox_v1_req_t *req);
 
-    /* ---- APPEND HERE, before v1 is frozen: ireduce_scatter (dtype, op,
-     * recvcount), iallgather. Only append; never reorder the entries
-     * above. After the freeze, nothing is added to this struct: new
-     * entries go to mox_plugin_v2_t in plugin_v2.h. ---- */
+    /* --- reduce-scatter and allgather (appended before the v1 freeze) ---
+     * The semantics of mox_ireduce_scatter, _v, _sparse, mox_iallgather and
+     * mox_iallgatherv in mox.h (docs/reduce_scatter.md): element types
+     * MOX_V1_DTYPE_*, ops MOX_V1_OP_*; every rank passes the same counts,
+     * dtype and op (else MOX_V1_ERR_MISMATCH, not a hang). In place:
+     * sendbuf.ptr == MOX_V1_IN_PLACE (its mem_type is then ignored).
+     * Reductions: f16/bf16 accumulate in f32 and round once at the end;
+     * integer sum/prod wrap; avg is for float types only (an integer type
+     * gives MOX_V1_ERR_INVALID_ARG); the result of a given layout is
+     * bitwise the same from run to run. A dtype missing from
+     * caps.reduce_dtypes or an op missing from caps.reduce_ops gives
+     * MOX_V1_ERR_UNSUPPORTED. Buffers in a memory type missing from
+     * caps.mem_types give MOX_V1_ERR_UNSUPPORTED before anything is sent. */
+
+    /* Equal blocks (caps bit MOX_V1_COLL_REDUCE_SCATTER): sendbuf holds
+     * size * recvcount elements; rank j receives the reduction of every
+     * rank's elements [j * recvcount, (j + 1) * recvcount). In place:
+     * recvbuf holds the full vector and gets the result at its start. */
+    int (*ireduce_scatter)(mox_v1_comm_t comm, mox_v1_cbuf_t sendbuf,
+                           mox_v1_buf_t recvbuf, uint64_t recvcount,
+                           int32_t dtype, int32_t op, mox_v1_req_t *req);
+    /* Per-rank counts (MOX_V1_COLL_REDUCE_SCATTER): rank j's slice starts
+     * at the prefix sum of recvcounts[0..j) and has recvcounts[j] elements
+     * (zero allowed). recvcounts[size] is read during the call only. */
+    int (*ireduce_scatter_v)(mox_v1_comm_t comm, mox_v1_cbuf_t sendbuf,
+                             mox_v1_buf_t recvbuf, const uint64_t *recvcounts,
+                             int32_t dtype, int32_t op, mox_v1_req_t *req);
+    /* Block-sparse, equal blocks (MOX_V1_COLL_REDUCE_SCATTER_SPARSE): the
+     * dense input cut into blocks of block_elems elements; blocks[nblocks]
+     * lists, strictly ascending, the blocks this rank touched; the others
+     * count as zero. recvcount is a multiple of block_elems. Ops sum and
+     * avg only (others: MOX_V1_ERR_UNSUPPORTED). The result equals the
+     * dense reduce-scatter with absent blocks zeroed (up to the sign of
+     * zero). */
+    int (*ireduce_scatter_sparse)(mox_v1_comm_t comm, mox_v1_cbuf_t sendbuf,
+                                  mox_v1_buf_t recvbuf, uint64_t recvcount,
+                                  int32_t dtype, int32_t op,
+                                  uint64_t block_elems, const uint64_t *blocks,
+                                  uint64_t nblocks, mox_v1_req_t *req);
+    /* Equal blocks (MOX_V1_COLL_ALLGATHER): `count` elements of `dtype`
+     * from every rank, rank i's at element i * count of recvbuf. In place:
+     * this rank's block already sits there. Any MOX_V1_DTYPE_* (only its
+     * size matters). */
+    int (*iallgather)(mox_v1_comm_t comm, mox_v1_cbuf_t sendbuf,
+                      mox_v1_buf_t recvbuf, uint64_t count, int32_t dtype,
+                      mox_v1_req_t *req);
+    /* Per-rank counts (MOX_V1_COLL_ALLGATHER): rank i's sendcount
+     * (== recvcounts[i], the same array on every rank) elements land at
+     * element displs[i] of recvbuf (this rank's own layout; blocks must
+     * not overlap). In place: this rank's block is already at
+     * recvbuf + displs[rank]. */
+    int (*iallgatherv)(mox_v1_comm_t comm, mox_v1_cbuf_t sendbuf,
+                       uint64_t sendcount, mox_v1_buf_t recvbuf,
+                       const uint64_t *recvcounts, const uint64_t *displs,
+                       int32_t dtype, mox_v1_req_t *req);
+
+    /* v1 ends here. Nothing is added to this struct once v1 is released
+     * (first release tag): new entries go to mox_plugin_v2_t in
+     * plugin_v2.h. Never reorder the entries above. */
 } mox_plugin_v1_t;
 
 /* Bytes every v1 table has: through req_free. */

@@ -37,12 +37,18 @@ struct conf_case {
     int layout;         /* cases_a2a.c / cases_moe.c specific */
     int progress;       /* PROG_* */
     int x_dtype, idx_dtype, algo; /* moe */
+    int dtype, op;      /* reduce-scatter / allgather: MOX_V1_DTYPE_*, OP_* */
+    int shape;          /* reduce_scatter_v / allgatherv: count layout */
+    int density;        /* block-sparse: percent of blocks present */
+    int inplace;        /* sendbuf = MOX_V1_IN_PLACE */
+    int expect;         /* status the start must return (0: success) */
 };
 
 /* Append this family's cases to `out` (room for `max`); returns the count. */
 int conf_basic_cases(conf_case_t *out, int max);
 int conf_a2a_cases(conf_case_t *out, int max);
 int conf_moe_cases(conf_case_t *out, int max);
+int conf_rsag_cases(conf_case_t *out, int max);
 
 /* Record why this rank failed / skipped; return the verdict. */
 conf_result_t conf_fail(conf_ctx_t *ctx, const char *fmt, ...)
