@@ -453,6 +453,56 @@ static int report(mox_comm_t comm, const char *what, mox_status_t st)
     return 1;
 }
 
+/* mox_moe_layout against counts derived here from the generator. */
+static int check_layout(mox_moe_t moe, const void *idx)
+{
+    int T = tokens_of(me), ids[1024], bad = 0;
+    uint64_t *per_rank = calloc((size_t)P, 8), *per_node = calloc(64, 8);
+    uint64_t *per_expert = calloc((size_t)o.experts, 8);
+    uint8_t *in_rank = calloc((size_t)T * P + 1, 1);
+    mox_status_t st = mox_moe_layout(moe, idx, T, per_rank, per_node,
+                                     per_expert, in_rank);
+    if (st != MOX_OK) {
+        fprintf(stderr, "rank %d: mox_moe_layout failed: %s\n", me,
+                mox_status_name(st));
+        bad = 1;
+    }
+    uint64_t want_rank[4096] = {0}, want_node[64] = {0};
+    uint64_t *want_expert = calloc((size_t)o.experts, 8);
+    for (int t = 0; t < T && !bad; t++) {
+        routing(me, t, ids);
+        int rank_hit[4096] = {0}, node_hit[64] = {0};
+        for (int j = 0; j < o.topk; j++) {
+            if (ids[j] < 0)
+                continue;
+            want_expert[ids[j]]++;
+            int d = owner(ids[j]);
+            if (!rank_hit[d]++)
+                want_rank[d]++;
+            if (!node_hit[node_of[d]]++)
+                want_node[node_of[d]]++;
+        }
+        for (int d = 0; d < P; d++)
+            if (in_rank[(size_t)t * P + d] != (rank_hit[d] > 0)) {
+                fprintf(stderr, "rank %d: is_token_in_rank[%d][%d] = %d\n",
+                        me, t, d, in_rank[(size_t)t * P + d]);
+                bad = 1;
+            }
+    }
+    for (int d = 0; d < P && !bad; d++)
+        bad |= per_rank[d] != want_rank[d];
+    for (int n = 0; n < nnodes && !bad; n++)
+        bad |= per_node[n] != want_node[n];
+    for (int e = 0; e < o.experts && !bad; e++)
+        bad |= per_expert[e] != want_expert[e];
+    if (bad)
+        fprintf(stderr, "rank %d: mox_moe_layout counts differ from the "
+                "generator's\n", me);
+    free(per_rank); free(per_node); free(per_expert); free(in_rank);
+    free(want_expert);
+    return bad;
+}
+
 /* One dispatch + combine round; returns 0 when every check passed. */
 static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
                       uint64_t *inter_dispatch)
@@ -486,6 +536,25 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
     for (int s = 0; s < P; s++)
         cap += (uint64_t)tokens_of(s);
     mox_status_t st = MOX_OK;
+    if (!strcmp(o.mode, "ok") && check_layout(moe, idx)) {
+        free(x); free(idx); free(w);
+        return 1;
+    }
+    if (strstr(o.mode, "-expert") && me == o.victim) {
+        /* The local layout names the same bad token without talking. */
+        uint64_t per_rank[4096];
+        mox_status_t ls = mox_moe_layout(moe, idx, T, per_rank, NULL, NULL,
+                                         NULL);
+        const char *msg = mox_comm_last_error(comm);
+        int ok = ls == MOX_ERR_INVALID_ARG &&
+                 strstr(msg, o.mode[0] == 'b' ? "token 1 slot 0" : "token 2 slot 1");
+        printf("rank %d: layout on bad routing: %s: %s\n", me,
+               mox_status_name(ls), msg);
+        if (!ok) {
+            free(x); free(idx); free(w);
+            return 1;
+        }
+    }
     if (o.use_notify) {
         mox_req_t req;
         st = mox_moe_inotify(moe, &in, &req);
