@@ -92,6 +92,15 @@ mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
                         const void *buf, size_t bytes, mox__treq_t *r);
 mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
                         size_t capacity, mox__treq_t *r);
+/* Gather send (see isendv in transport.h): `iov` and the buffers it points
+ * to are the caller's and must stay valid until `r` is done. Returns
+ * MOX_ERR_UNSUPPORTED, with no message on the communicator, `r` not posted
+ * and nothing counted, when the peer's transport would not do it in fewer
+ * copies than packing; the caller then packs and calls mox__isend. Counts
+ * like mox__isend otherwise. */
+mox_status_t mox__isendv(mox__comm_t *c, int peer, uint64_t tag,
+                         const mox__iov_t *iov, size_t iovcnt, size_t bytes,
+                         mox__treq_t *r);
 
 /* Poll every transport once; returns events seen or a negative status. */
 int mox__progress(mox__comm_t *c);

@@ -409,21 +409,25 @@ mox_status_t mox_moe_layout(mox_moe_t m, const void *topk_idx,
     return MOX_OK;
 }
 
-static mox_status_t check_input(struct mox_moe *m, const mox_moe_input_t *in)
+/* Input problems every rank must hear of (through notify), so that all of
+ * them fail the same dispatch instead of waiting for this rank: returns
+ * MOX_MOE_BAD_* (0 when fine) and records the message locally. */
+static int input_problem(struct mox_moe *m, const mox_moe_input_t *in)
 {
     mox__comm_t *c = m->comm;
-    if (!in || in->struct_size < sizeof *in)
-        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: input is NULL or its "
-                         "struct_size is too small");
-    if (in->num_tokens < 0 || in->num_tokens > INT32_MAX)
-        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: num_tokens %lld is "
-                         "outside [0, 2^31)", (long long)in->num_tokens);
-    if (in->num_tokens > 0 && (!in->x || !in->topk_idx || !in->topk_weights))
-        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: num_tokens %lld but "
-                         "%s is NULL", (long long)in->num_tokens,
-                         !in->x ? "x" : !in->topk_idx ? "topk_idx"
-                                                      : "topk_weights");
-    return MOX_OK;
+    if (in->num_tokens < 0 || in->num_tokens > INT32_MAX) {
+        mox__fail(c, MOX_ERR_INVALID_ARG, "moe: num_tokens %lld is outside "
+                  "[0, 2^31)", (long long)in->num_tokens);
+        return MOX_MOE_BAD_NUM_TOKENS;
+    }
+    if (in->num_tokens > 0 && (!in->x || !in->topk_idx || !in->topk_weights)) {
+        mox__fail(c, MOX_ERR_INVALID_ARG, "moe: num_tokens %lld but %s is "
+                  "NULL", (long long)in->num_tokens,
+                  !in->x ? "x" : !in->topk_idx ? "topk_idx" : "topk_weights");
+        return !in->x ? MOX_MOE_BAD_NULL_X
+               : !in->topk_idx ? MOX_MOE_BAD_NULL_IDX : MOX_MOE_BAD_NULL_WEIGHTS;
+    }
+    return 0;
 }
 
 static mox_status_t start(struct mox_moe *m, const mox_moe_input_t *in,
@@ -434,17 +438,21 @@ static mox_status_t start(struct mox_moe *m, const mox_moe_input_t *in,
     if (!req)
         return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: req is NULL");
     *req = NULL;
-    mox_status_t st = check_input(m, in);
-    if (st == MOX_OK && out && out->struct_size < sizeof *out)
-        st = mox__fail(c, MOX_ERR_INVALID_ARG, "moe: output struct_size %zu "
-                       "is smaller than %zu", out->struct_size, sizeof *out);
-    if (st != MOX_OK)
-        return st;
-    int skip_notify = !notify_only && m->state == MOE_NOTIFIED &&
+    /* Misuse of the API itself (the structs) is this caller's alone. */
+    if (!in || in->struct_size < sizeof *in)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: input is NULL or its "
+                         "struct_size is too small");
+    if (out && out->struct_size < sizeof *out)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: output struct_size %zu "
+                         "is smaller than %zu", out->struct_size, sizeof *out);
+    m->input_bad = input_problem(m, in);
+    int skip_notify = !notify_only && !m->input_bad &&
+                      m->state == MOE_NOTIFIED &&
                       in->num_tokens == m->in.num_tokens &&
                       in->topk_idx == m->in.topk_idx;
     m->in = *in;
-    m->num_tokens = in->num_tokens;
+    m->num_tokens = m->input_bad ? 0 : in->num_tokens;
+    mox_status_t st;
     struct mox_req *r;
     st = mox__req_new(c, notify_only ? "moe_notify" : "moe_dispatch", &r);
     if (st != MOX_OK)

@@ -32,6 +32,17 @@ typedef struct {
 
 enum { MOE_IDLE, MOE_NOTIFIED, MOE_DISPATCHED };
 
+/* Why a rank's dispatch input is refused, as told to every rank in notify
+ * (0 = fine). Bad expert ids come first: out of range, repeated. */
+enum {
+    MOX_MOE_BAD_RANGE = 1,
+    MOX_MOE_BAD_REPEAT = 2,
+    MOX_MOE_BAD_NUM_TOKENS = 3,
+    MOX_MOE_BAD_NULL_X = 4,
+    MOX_MOE_BAD_NULL_IDX = 5,
+    MOX_MOE_BAD_NULL_WEIGHTS = 6
+};
+
 /* Notify message: fixed header, then per-local-expert counts. */
 #define MOX_MOE_NOTIFY_FIXED 64
 
@@ -52,6 +63,7 @@ struct mox_moe {
 
     /* Routing of the current dispatch (source side). */
     int state;
+    int input_bad;          /* MOX_MOE_BAD_* of this rank's input, or 0 */
     mox_moe_input_t in;
     int64_t num_tokens;
     int32_t *tok_ndest;     /* [num_tokens] |D(t)| */

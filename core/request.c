@@ -41,16 +41,9 @@ static mox_status_t route(mox__comm_t *c, int peer, int *tp)
     return MOX_OK;
 }
 
-mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
-                        const void *buf, size_t bytes, mox__treq_t *r)
+/* Traffic counters of the communicator and of the running collective. */
+static void count_send(mox__comm_t *c, int tp, size_t bytes)
 {
-    int tp;
-    memset(r, 0, sizeof *r);
-    r->peer = peer;
-    r->is_send = 1;
-    mox_status_t st = route(c, peer, &tp);
-    if (st != MOX_OK)
-        return st;
     struct mox_req *op = c->cur;
     if (tp == MOX_TP_UCX) {
         c->stats.bytes_inter += bytes;
@@ -67,6 +60,19 @@ mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
             op->msgs_intra++;
         }
     }
+}
+
+mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
+                        const void *buf, size_t bytes, mox__treq_t *r)
+{
+    int tp = 0;
+    memset(r, 0, sizeof *r);
+    r->peer = peer;
+    r->is_send = 1;
+    mox_status_t st = route(c, peer, &tp);
+    if (st != MOX_OK)
+        return st;
+    count_send(c, tp, bytes);
     uint64_t fails = c->nfail;
     st = c->tp_ops[tp]->isend(c->tp[tp], peer, tag, buf, bytes, r);
     r->posted = st == MOX_OK;
@@ -77,10 +83,41 @@ mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
     return st;
 }
 
+mox_status_t mox__isendv(mox__comm_t *c, int peer, uint64_t tag,
+                         const mox__iov_t *iov, size_t iovcnt, size_t bytes,
+                         mox__treq_t *r)
+{
+    int tp = 0;
+    memset(r, 0, sizeof *r);
+    r->peer = peer;
+    r->is_send = 1;
+    mox_status_t st = route(c, peer, &tp);
+    if (st != MOX_OK)
+        return st;
+    if (!c->tp_ops[tp]->isendv)
+        return MOX_ERR_UNSUPPORTED;
+    uint64_t fails = c->nfail;
+    st = c->tp_ops[tp]->isendv(c->tp[tp], peer, tag, iov, iovcnt, bytes, r);
+    if (st == MOX_ERR_UNSUPPORTED) {
+        /* A decline, not a failure: the caller packs and sends. */
+        memset(r, 0, sizeof *r);
+        r->peer = peer;
+        r->is_send = 1;
+        return st;
+    }
+    count_send(c, tp, bytes);
+    r->posted = st == MOX_OK;
+    if (st != MOX_OK && c->nfail == fails)
+        return mox__fail(c, st, "%s gather send of %zu bytes in %zu pieces "
+                         "to rank %d failed", c->tp_ops[tp]->name, bytes,
+                         iovcnt, peer);
+    return st;
+}
+
 mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
                         size_t capacity, mox__treq_t *r)
 {
-    int tp;
+    int tp = 0; /* route() sets it; gcc -O3 cannot tell */
     memset(r, 0, sizeof *r);
     r->peer = peer;
     mox_status_t st = route(c, peer, &tp);

@@ -33,6 +33,12 @@ typedef struct mox__treq {
 
 typedef struct mox__transport mox__transport_t;
 
+/* One piece of a gather send (same layout as struct iovec). */
+typedef struct mox__iov {
+    const void *base;
+    size_t len;
+} mox__iov_t;
+
 typedef struct {
     const char *name;
     /*
@@ -56,6 +62,18 @@ typedef struct {
      * with MOX_ERR_TIMEOUT and the transport no longer touches its buffer.
      * May be NULL when the transport cannot cancel. */
     void (*cancel)(mox__transport_t *tp, mox__treq_t *req);
+    /*
+     * Optional gather send: one message of `bytes` bytes made of the
+     * `iovcnt` pieces of `iov` in order (their lengths add up to `bytes`;
+     * zero-length pieces are allowed). It matches an ordinary irecv, which
+     * sees one message. The iov array and every buffer it points to stay
+     * valid and unchanged until the request is done. May be NULL; returns
+     * MOX_ERR_UNSUPPORTED, leaving `req` untouched, for a call it would do
+     * no better than a packed send (the caller packs and calls isend).
+     */
+    mox_status_t (*isendv)(mox__transport_t *tp, int peer, uint64_t tag,
+                           const mox__iov_t *iov, size_t iovcnt, size_t bytes,
+                           mox__treq_t *req);
 } mox__transport_ops_t;
 
 extern const mox__transport_ops_t mox__tp_self_ops;

@@ -90,9 +90,10 @@ static mox_status_t build_notify(struct mox_req *req, dispatch_t *s,
                                  mox_status_t route_st, int64_t bad_token,
                                  int bad_slot, int64_t bad_value)
 {
-    /* 0: routing fine; 1: expert id out of range; 2: repeated in a token. */
-    int bad_kind = route_st == MOX_OK ? 0
-                   : bad_value < -1 || bad_value >= s->m->E ? 1 : 2;
+    int bad_kind = s->m->input_bad;
+    if (!bad_kind && route_st != MOX_OK)
+        bad_kind = bad_value < -1 || bad_value >= s->m->E ? MOX_MOE_BAD_RANGE
+                                                          : MOX_MOE_BAD_REPEAT;
     struct mox_moe *m = s->m;
     size_t nb = m->notify_bytes;
     char *buf = mox__buf_reserve(&m->notify, 2 * (size_t)m->P * nb);
@@ -161,6 +162,31 @@ static void count_forwarded(struct mox_moe *m, int me_local, int L)
     }
 }
 
+/* The agreed error every rank reports when one rank's input was bad. */
+static mox_status_t report_bad_input(mox__comm_t *c, int rank,
+                                     const notify_hdr_t *h, int E)
+{
+    static const char *const null_of[] = {"x", "topk_idx", "topk_weights"};
+    if (h->bad == MOX_MOE_BAD_RANGE || h->bad == MOX_MOE_BAD_REPEAT)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: rank %d token %lld "
+                         "slot %d has expert %lld, %s (num_experts %d)", rank,
+                         (long long)h->bad_token, h->bad_slot,
+                         (long long)h->bad_value,
+                         h->bad == MOX_MOE_BAD_RANGE
+                             ? "out of range"
+                             : "repeated within the token", E);
+    if (h->bad == MOX_MOE_BAD_NUM_TOKENS)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: rank %d passed "
+                         "num_tokens %lld, outside [0, 2^31)", rank,
+                         (long long)h->bad_token);
+    if (h->bad >= MOX_MOE_BAD_NULL_X && h->bad <= MOX_MOE_BAD_NULL_WEIGHTS)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: rank %d passed %lld "
+                         "tokens with %s NULL", rank, (long long)h->bad_token,
+                         null_of[h->bad - MOX_MOE_BAD_NULL_X]);
+    return mox__fail(c, MOX_ERR_PROTOCOL, "moe: rank %d sent unknown input "
+                     "problem %u", rank, h->bad);
+}
+
 static mox_status_t read_notify(struct mox_req *req, dispatch_t *s)
 {
     struct mox_moe *m = s->m;
@@ -201,13 +227,7 @@ static mox_status_t read_notify(struct mox_req *req, dispatch_t *s)
     }
     if (bad_rank >= 0) {
         req->agreed_error = 1;
-        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe: rank %d token %lld "
-                         "slot %d has expert %lld, %s (num_experts %d)",
-                         bad_rank, (long long)bad.bad_token, bad.bad_slot,
-                         (long long)bad.bad_value,
-                         bad.bad == 1 ? "out of range"
-                                      : "repeated within the token",
-                         m->E);
+        return report_bad_input(c, bad_rank, &bad, m->E);
     }
     m->num_recv = 0;
     for (int x = 0; x < m->P; x++) {
@@ -661,8 +681,12 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     m->state = MOE_IDLE;
     int64_t bad_token = -1, bad_value = 0;
     int bad_slot = -1;
-    mox_status_t route_st = mox__moe_route(m, &m->in, &bad_token, &bad_slot,
-                                           &bad_value);
+    mox_status_t route_st = MOX_ERR_INVALID_ARG;
+    if (m->input_bad)
+        bad_token = m->in.num_tokens; /* reported with the problem */
+    else
+        route_st = mox__moe_route(m, &m->in, &bad_token, &bad_slot,
+                                  &bad_value);
     if (route_st != MOX_OK && route_st != MOX_ERR_INVALID_ARG)
         return route_st;
     mox_status_t st = build_notify(req, s, route_st, bad_token, bad_slot,

@@ -393,7 +393,7 @@ static void usage(FILE *f)
                "  [--x f32|bf16|f16] [--idx i32|i64] [--wire native|bf16|fp8]\n"
                "  [--combine-wire f32|bf16] [--algo auto|dedup|alltoallv|allgather]\n"
                "  [--iters N] [--notify] [--check-bytes]\n"
-               "  [--mode ok|bad-expert|dup-expert|small-capacity|bad-hidden|"
+               "  [--mode ok|bad-expert|dup-expert|null-x|small-capacity|bad-hidden|"
                "bad-experts --victim R]\n");
 }
 
@@ -531,6 +531,8 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
         }
     }
     mox_moe_input_t in = {sizeof in, T, x, idx, w};
+    if (!strcmp(o.mode, "null-x") && me == o.victim)
+        in.x = NULL; /* every rank must fail this dispatch, named */
     /* Worst case: every token of every rank. */
     uint64_t cap = 0;
     for (int s = 0; s < P; s++)

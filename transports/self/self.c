@@ -3,6 +3,7 @@
  * copying) until a receive with its tag is posted, then one memcpy moves
  * the bytes and completes both; either side may be posted first. Matching
  * is FIFO per tag, like every transport. Requests link through tp_priv[0].
+ * A gather send is delivered the same way, one memcpy per piece.
  */
 #include <stdlib.h>
 #include <string.h>
@@ -24,6 +25,8 @@ struct mox__transport {
 #define BUF(r) ((r)->tp_priv[1])
 #define TAG(r) ((r)->tp_u64[0])
 #define LEN(r) ((r)->tp_u64[1])
+/* Gather sends: BUF is the iov array, IOVCNT its entries (0: plain). */
+#define IOVCNT(r) ((r)->tp_u64[2])
 
 static void q_push(self_queue_t *q, mox__treq_t *r)
 {
@@ -69,6 +72,15 @@ static void deliver(mox__treq_t *s, mox__treq_t *r)
     uint64_t bytes = LEN(s);
     if (bytes > LEN(r)) {
         done(r, MOX_ERR_TRUNCATED, bytes);
+    } else if (IOVCNT(s)) {
+        const mox__iov_t *iov = BUF(s);
+        char *dst = BUF(r);
+        for (uint64_t i = 0; i < IOVCNT(s); i++) {
+            if (iov[i].len)
+                memcpy(dst, iov[i].base, iov[i].len);
+            dst += iov[i].len;
+        }
+        done(r, MOX_OK, bytes);
     } else {
         if (bytes)
             memcpy(BUF(r), BUF(s), bytes);
@@ -85,6 +97,7 @@ static void init(mox__treq_t *r, uint64_t tag, const void *buf, size_t len)
     BUF(r) = (void *)buf;
     TAG(r) = tag;
     LEN(r) = len;
+    IOVCNT(r) = 0;
 }
 
 static mox_status_t self_create(mox__comm_t *comm, mox__transport_t **tp)
@@ -117,6 +130,38 @@ static mox_status_t self_isend(mox__transport_t *tp, int peer, uint64_t tag,
         done(req, MOX_ERR_INVALID_ARG, 0);
         return MOX_ERR_INVALID_ARG;
     }
+    mox__treq_t *r = q_take(&tp->recvs, tag, NULL);
+    if (r)
+        deliver(req, r);
+    else
+        q_push(&tp->sends, req);
+    return MOX_OK;
+}
+
+/* Pieces that add up to `bytes` exactly, each with a buffer? */
+static int iov_sane(const mox__iov_t *iov, size_t iovcnt, size_t bytes)
+{
+    if (iovcnt && !iov)
+        return 0;
+    size_t sum = 0;
+    for (size_t i = 0; i < iovcnt; i++) {
+        if (iov[i].len > bytes - sum || (iov[i].len && !iov[i].base))
+            return 0;
+        sum += iov[i].len;
+    }
+    return sum == bytes;
+}
+
+static mox_status_t self_isendv(mox__transport_t *tp, int peer, uint64_t tag,
+                                const mox__iov_t *iov, size_t iovcnt,
+                                size_t bytes, mox__treq_t *req)
+{
+    init(req, tag, iov, bytes);
+    if (!tp || peer != tp->rank || !iov_sane(iov, iovcnt, bytes)) {
+        done(req, MOX_ERR_INVALID_ARG, 0);
+        return MOX_ERR_INVALID_ARG;
+    }
+    IOVCNT(req) = iovcnt;
     mox__treq_t *r = q_take(&tp->recvs, tag, NULL);
     if (r)
         deliver(req, r);
@@ -165,4 +210,5 @@ const mox__transport_ops_t mox__tp_self_ops = {
     .irecv = self_irecv,
     .progress = self_progress,
     .cancel = self_cancel,
+    .isendv = self_isendv,
 };

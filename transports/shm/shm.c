@@ -220,6 +220,7 @@ static void req_init(mox__treq_t *r, int local, uint64_t tag, const void *buf,
     SHM_REQ_LEN(r) = bytes;
     SHM_REQ_ACK(r) = 0;
     SHM_REQ_PEER(r) = (uint64_t)local;
+    shm_req_set_iovcnt(r, 0);
 }
 
 /* A request that cannot start is completed at once and its error returned,
@@ -237,6 +238,49 @@ static mox_status_t shm_isend(mox__transport_t *tp, int peer, uint64_t tag,
     if (!p || (bytes && !buf))
         return refuse(req, MOX_ERR_INVALID_ARG);
     req_init(req, (int)(p - tp->peers), tag, buf, bytes);
+    if (p->failed || p->s_failed || p->dead)
+        return refuse(req, p->failed  ? p->failed
+                           : p->dead ? MOX_ERR_PEER
+                                     : p->s_failed);
+    shm_q_push(&p->sendq, req);
+    shm_push_sends(tp, p);
+    return MOX_OK;
+}
+
+/* Pieces that add up to `bytes` exactly, each with a buffer? The receiver
+ * checks again what it reads: this catches the caller's mistakes here. */
+static int iov_sane(const mox__iov_t *iov, size_t iovcnt, size_t bytes)
+{
+    if (!iov || !iovcnt)
+        return 0;
+    size_t sum = 0;
+    for (size_t i = 0; i < iovcnt; i++) {
+        if (iov[i].len > bytes - sum || (iov[i].len && !iov[i].base))
+            return 0;
+        sum += iov[i].len;
+    }
+    return sum == bytes;
+}
+
+/* Single copy only: the receiver reads the pieces where they are. Without
+ * CMA, or below its threshold, packing costs no more than streaming the
+ * pieces through the ring would, so the caller packs. */
+static mox_status_t shm_isendv(mox__transport_t *tp, int peer, uint64_t tag,
+                               const mox__iov_t *iov, size_t iovcnt,
+                               size_t bytes, mox__treq_t *req)
+{
+    shm_peer_t *p = tp ? peer_of(tp, peer) : NULL;
+    if (!p)
+        return refuse(req, MOX_ERR_INVALID_ARG);
+    if (!shm_wants_rndv(tp, bytes))
+        return MOX_ERR_UNSUPPORTED;
+    if (!iov_sane(iov, iovcnt, bytes)) {
+        MOX_ERROR("shm", "gather send to rank %d: %zu pieces do not add up "
+                  "to %zu bytes", p->rank, iovcnt, bytes);
+        return refuse(req, MOX_ERR_INVALID_ARG);
+    }
+    req_init(req, (int)(p - tp->peers), tag, iov, bytes);
+    shm_req_set_iovcnt(req, iovcnt);
     if (p->failed || p->s_failed || p->dead)
         return refuse(req, p->failed  ? p->failed
                            : p->dead ? MOX_ERR_PEER
@@ -326,4 +370,5 @@ const mox__transport_ops_t mox__tp_shm_ops = {
     .irecv = shm_irecv,
     .progress = shm_progress,
     .cancel = shm_cancel,
+    .isendv = shm_isendv,
 };

@@ -16,6 +16,9 @@
  * bounded ring: the sender fills slots as they free up while the receiver
  * drains them. Large messages (RNDV) carry only the sender's pid and
  * address; the receiver reads them with process_vm_readv and bumps `ack`.
+ * Large gather sends (RNDV_IOV) carry the address and length of the
+ * sender's iov array instead: the receiver reads that array in batches,
+ * checks it, and reads the pieces it names straight into the receive.
  *
  * Counters only grow; slot index = counter % slots, so no index into the
  * segment ever depends on an unchecked value from shared memory.
@@ -45,7 +48,13 @@
 /* A request waiting this long makes us ask whether its peer still lives. */
 #define SHM_PEER_CHECK_NS (100u * 1000u * 1000u)
 
-enum { SHM_KIND_EAGER = 1, SHM_KIND_RNDV = 2 };
+/* RNDV_IOV: iov entries the receiver reads and checks at a time (fixed
+ * room in its per-peer state; process_vm_readv takes up to IOV_MAX). */
+#define SHM_IOV_BATCH 64
+/* A gather send with more pieces than this is garbage. */
+#define SHM_MAX_IOV_COUNT (UINT64_C(1) << 40)
+
+enum { SHM_KIND_EAGER = 1, SHM_KIND_RNDV = 2, SHM_KIND_RNDV_IOV = 3 };
 
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2,
                "shm needs lock-free 64-bit atomics across processes");
@@ -70,10 +79,11 @@ typedef struct {
 typedef struct {
     uint64_t tag;
     uint64_t bytes;
-    uint64_t addr; /* RNDV: sender's buffer */
+    uint64_t addr; /* RNDV: sender's buffer; RNDV_IOV: its iov array */
     uint64_t seq;  /* messages sent before this one on the channel */
     uint32_t kind;
-    int32_t pid; /* RNDV: sender's pid */
+    int32_t pid;    /* RNDV, RNDV_IOV: sender's pid */
+    uint64_t count; /* RNDV_IOV: entries of the iov array */
 } shm_wire_hdr_t;
 
 _Static_assert(sizeof(shm_wire_hdr_t) <= SHM_WIRE_HDR_BYTES, "wire header");
@@ -106,6 +116,12 @@ typedef struct {
     mox__treq_t *r_req; /* its receive; NULL when discarding */
     shm_wire_hdr_t r_hdr;
     uint64_t r_off;    /* payload bytes consumed */
+    /* RNDV_IOV delivery: a batch of the sender's iov entries, checked. */
+    mox__iov_t r_iov[SHM_IOV_BATCH];
+    uint64_t r_iov_fetched; /* entries read from the sender so far */
+    uint64_t r_iov_sum;     /* their lengths added up */
+    unsigned r_iov_n, r_iov_i; /* entries in the batch; the next to read */
+    uint64_t r_iov_skip;    /* bytes of entry r_iov_i already read */
 
     mox_status_t failed; /* MOX_OK, or why every request to it fails */
     int dead;            /* process gone: drain what it left, then fail */
@@ -124,6 +140,13 @@ struct mox__transport {
     uint64_t probe_word;     /* read by a neighbour to test CMA */
     unsigned idle_polls;
 };
+
+/* Is a message of `bytes` read by the receiver (RNDV) rather than
+ * streamed through the ring? */
+static inline int shm_wants_rndv(const mox__transport_t *tp, uint64_t bytes)
+{
+    return tp->cma && bytes > 0 && bytes >= tp->cma_threshold;
+}
 
 /* shm_setup.c */
 mox_status_t shm_create(mox__comm_t *comm, mox__transport_t **tp);
@@ -153,5 +176,17 @@ int shm_peer_fail(shm_peer_t *p, mox_status_t st);
 #define SHM_REQ_LEN(r) ((r)->tp_u64[1])  /* bytes (send) or capacity */
 #define SHM_REQ_ACK(r) ((r)->tp_u64[2])  /* RNDV: ack count that ends it */
 #define SHM_REQ_PEER(r) ((r)->tp_u64[3]) /* local rank of the peer */
+/* Gather send: SHM_REQ_BUF is the iov array and this its entry count
+ * (never 0: a gather send always has bytes); 0 for plain requests. The
+ * tp_u64 words are all taken, so it lives in a pointer slot. */
+static inline uint64_t shm_req_iovcnt(const mox__treq_t *r)
+{
+    return (uint64_t)(uintptr_t)r->tp_priv[2];
+}
+
+static inline void shm_req_set_iovcnt(mox__treq_t *r, uint64_t n)
+{
+    r->tp_priv[2] = (void *)(uintptr_t)n;
+}
 
 #endif

@@ -61,11 +61,6 @@ static int ring_has_room(const mox__transport_t *tp, shm_peer_t *p)
     return p->s_head - t < tp->slots;
 }
 
-static int wants_rndv(const mox__transport_t *tp, uint64_t bytes)
-{
-    return tp->cma && bytes > 0 && bytes >= tp->cma_threshold;
-}
-
 /* Write the first slot of the message at the head of sendq. Returns the
  * payload bytes it carries. */
 static uint64_t write_first(mox__transport_t *tp, shm_peer_t *p,
@@ -78,7 +73,7 @@ static uint64_t write_first(mox__transport_t *tp, shm_peer_t *p,
         .kind = SHM_KIND_EAGER,
     };
     uint64_t len = 0;
-    if (wants_rndv(tp, h.bytes)) {
+    if (shm_wants_rndv(tp, h.bytes)) {
         h.kind = SHM_KIND_RNDV;
         h.pid = (int32_t)tp->peers[tp->local_rank].pid;
         h.addr = (uint64_t)(uintptr_t)SHM_REQ_BUF(r);
@@ -98,7 +93,7 @@ static uint64_t write_first(mox__transport_t *tp, shm_peer_t *p,
 static int finish_send(mox__transport_t *tp, shm_peer_t *p)
 {
     mox__treq_t *r = shm_q_pop(&p->sendq);
-    int rndv = wants_rndv(tp, SHM_REQ_LEN(r));
+    int rndv = shm_wants_rndv(tp, SHM_REQ_LEN(r));
     p->s_off = 0;
     p->s_started = 0;
     if (rndv) {
