@@ -375,8 +375,10 @@ MOX_API mox_status_t mox_moe_recv_count(mox_moe_t moe, uint64_t *num_recv,
  * first. When the rows to receive exceed out->capacity, the data is still
  * exchanged (peers stay in step) but nothing is written: the request ends
  * with MOX_ERR_OVERFLOW naming the rows needed, and the communicator stays
- * usable. A bad expert id anywhere (out of range, repeated within a token)
- * is MOX_ERR_INVALID_ARG before anything is sent.
+ * usable. Bad input on any rank (an expert id out of range or repeated
+ * within a token, a NULL buffer with tokens, num_tokens out of range) makes
+ * every rank's dispatch end with MOX_ERR_INVALID_ARG naming that rank and
+ * the problem, before any token moves; the communicator stays usable.
  */
 MOX_API mox_status_t mox_moe_idispatch(mox_moe_t moe,
                                        const mox_moe_input_t *in,
