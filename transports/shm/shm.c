@@ -275,8 +275,9 @@ static mox_status_t shm_isendv(mox__transport_t *tp, int peer, uint64_t tag,
     if (!shm_wants_rndv(tp, bytes))
         return MOX_ERR_UNSUPPORTED;
     if (!iov_sane(iov, iovcnt, bytes)) {
-        MOX_ERROR("shm", "gather send to rank %d: %zu pieces do not add up "
-                  "to %zu bytes", p->rank, iovcnt, bytes);
+        mox__fail(tp->comm, MOX_ERR_INVALID_ARG, "shm: gather send to rank "
+                  "%d: %zu pieces do not add up to %zu bytes (or one has "
+                  "no buffer)", p->rank, iovcnt, bytes);
         return refuse(req, MOX_ERR_INVALID_ARG);
     }
     req_init(req, (int)(p - tp->peers), tag, iov, bytes);
