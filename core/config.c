@@ -158,8 +158,11 @@ const char *mox__config_unknown(char *const *envp)
         for (size_t i = 0; i < mox__cfg_count && !known; i++)
             known = strlen(mox__cfg_entries[i].name) == len &&
                     strncmp(mox__cfg_entries[i].name, *envp, len) == 0;
-        /* Variables of the tools and launcher, not the library. */
+        /* Variables of the tools, launcher and loader, not the library
+         * (mox-run's MOX_LOCAL_*, the loader's MOX_PLUGIN, mox-conformance's
+         * MOX_RUN). */
         if (!known && (strncmp(*envp, "MOX_LOCAL_", 10) == 0 ||
+                       (strncmp(*envp, "MOX_RUN", 7) == 0 && len == 7) ||
                        strncmp(*envp, "MOX_PLUGIN", 10) == 0 ||
                        strncmp(*envp, "MOX_MPI_", 8) == 0 ||
                        strncmp(*envp, "MOX_TEST_", 9) == 0))
