@@ -90,6 +90,7 @@ struct mox_moe {
     /* Buffers reused across calls. */
     mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, hidscratch, notify,
         comb_send, comb_recv, comb_accum, comb_part;
+    mox__buf_t hopiov; /* gather lists of split hidden blocks (mox__iov_t) */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */
     uint64_t *fwdin_off;    /* [L+1] byte offsets of each forwarder */

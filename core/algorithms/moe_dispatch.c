@@ -350,17 +350,34 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
         uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
         char *msg = hout + m->hop.off[h] * rb;
         if (n && split_with(m, h)) {
-            /* Metas, then the hidden block, in the record's room. */
+            /* Metas, then the hidden block: gathered straight from x when
+             * the transport reads it in place (one copy in all), else
+             * packed in the record's room. The gather list lives in
+             * m->hopiov until the send is done (one list per dispatch:
+             * sized for every hop, so later hops never move it). */
             char *hid = msg + n * m->meta_bytes;
+            mox__iov_t *iov = mox__buf_reserve(&m->hopiov, out_total *
+                                                               sizeof *iov);
+            const char *x = m->in.x;
             for (uint64_t j = 0; j < n; j++) {
                 int64_t t = m->hop.item[m->hop.off[h] + j];
                 pack_meta(m, t, msg + j * m->meta_bytes);
-                memcpy(hid + j * hb, (const char *)m->in.x + (size_t)t * hb,
-                       hb);
+                if (iov)
+                    iov[m->hop.off[h] + j] =
+                        (mox__iov_t){x + (size_t)t * hb, hb};
             }
             st = mox__isend(c, h, htag, msg, n * m->meta_bytes, &s->hsend[h]);
             if (st == MOX_OK)
+                st = iov ? mox__isendv(c, h, xtag, iov + m->hop.off[h], n,
+                                       n * hb, &s->xsend[h])
+                         : MOX_ERR_UNSUPPORTED;
+            if (st == MOX_ERR_UNSUPPORTED) {
+                for (uint64_t j = 0; j < n; j++) {
+                    int64_t t = m->hop.item[m->hop.off[h] + j];
+                    memcpy(hid + j * hb, x + (size_t)t * hb, hb);
+                }
                 st = mox__isend(c, h, xtag, hid, n * hb, &s->xsend[h]);
+            }
             continue;
         }
         for (uint64_t j = 0; j < n; j++)

@@ -1,6 +1,6 @@
 /* Multi-process tests of transports/shm and transports/self: streaming of
- * any size through a small ring, single copy, matching order, truncation,
- * cancel, malformed data, dead peers, segment hygiene. */
+ * any size through a small ring, single copy, gather sends, matching order,
+ * truncation, cancel, malformed data, dead peers, segment hygiene. */
 #include "test_shm_harness.h"
 
 #include <fcntl.h>
@@ -413,6 +413,289 @@ static void test_stale_segment_is_a_clear_error(void **state)
 }
 
 /* ------------------------------------------------------------------ */
+/* Gather sends                                                         */
+
+/* Piece lengths of gather message `shape`; returns their count. */
+static size_t gather_shape(int shape, size_t *len, size_t max)
+{
+    size_t n = 0;
+    switch (shape) {
+    case 0: /* one piece */
+        len[n++] = 100003;
+        break;
+    case 1: /* 1500 tiny pieces, every 7th empty, empty ends */
+        len[n++] = 0;
+        for (size_t i = 0; i < 1500; i++)
+            len[n++] = i % 7 == 3 ? 0 : 1 + i % 29;
+        len[n++] = 0;
+        break;
+    case 2: /* few pieces larger than a read chunk (4 MiB) */
+        len[n++] = 3u << 20;
+        len[n++] = 0;
+        len[n++] = (5u << 20) + 3;
+        len[n++] = 777;
+        break;
+    default: /* 1200 pieces of odd sizes, many read batches */
+        for (size_t i = 0; i < 1200; i++)
+            len[n++] = 1 + (i * 37) % 5003;
+        break;
+    }
+    CHECK(n <= max, "shape %d: %zu pieces", shape, n);
+    return n;
+}
+#define NSHAPES 4
+#define MAX_PIECES 1600
+
+/* Lay message (src, dst, shape)'s bytes into `pool` as scattered pieces in
+ * reverse order with junk between them, and point iov at them. */
+static size_t gather_build(int src, int dst, int shape, uint8_t **pool,
+                           mox__iov_t *iov)
+{
+    size_t len[MAX_PIECES];
+    size_t n = gather_shape(shape, len, MAX_PIECES), total = 0;
+    for (size_t i = 0; i < n; i++)
+        total += len[i];
+    *pool = malloc(total + 3 * n + 1);
+    CHECK(*pool, "malloc");
+    memset(*pool, 0xEE, total + 3 * n + 1);
+    size_t at = total + 3 * n, off = 0;
+    for (size_t i = 0; i < n; i++) {
+        at -= len[i] + 3;
+        for (size_t b = 0; b < len[i]; b++)
+            (*pool)[at + b] = pattern(src, dst, shape, off + b);
+        iov[i] = (mox__iov_t){*pool + at, len[i]};
+        off += len[i];
+    }
+    return n;
+}
+
+static size_t iov_total(const mox__iov_t *iov, size_t n)
+{
+    size_t t = 0;
+    for (size_t i = 0; i < n; i++)
+        t += iov[i].len;
+    return t;
+}
+
+/* Every rank sends every shape as a gather to every other rank of its node
+ * (all posted at once, with plain sends in between on the same tag); the
+ * receiver sees ordinary messages and checks every byte. Below the
+ * threshold or without CMA the transport declines and the sender packs. */
+static void body_gather(int rank, const char *nodes, const char *job)
+{
+    mox__comm_t *c = h_comm(rank, nodes, job);
+    mox__transport_t *tp = h_shm(c);
+    int n = c->local_size;
+    enum { PER = 2 * NSHAPES + 1 };
+    mox__treq_t *reqs = calloc((size_t)(2 * PER * n), sizeof *reqs);
+    mox__iov_t(*iov)[MAX_PIECES] = calloc((size_t)(NSHAPES * n), sizeof *iov);
+    uint8_t **pools = calloc((size_t)(NSHAPES * n), sizeof *pools);
+    uint8_t **rbufs = calloc((size_t)(PER * n), sizeof *rbufs);
+    uint8_t small[500];
+    CHECK(reqs && iov && pools && rbufs, "calloc");
+    fill(small, sizeof small, rank, 0, 99);
+    int nr = 0, gathered = 0;
+    for (int l = 0; l < n; l++) {
+        int peer = mox__topo_rank_at(&c->topo, c->node, l);
+        if (peer == rank)
+            continue;
+        for (int k = 0; k < NSHAPES; k++) {
+            int g = l * NSHAPES + k;
+            size_t cnt = gather_build(rank, peer, k, &pools[g], iov[g]);
+            size_t total = iov_total(iov[g], cnt);
+            /* the receiver's buffer: expected size from its own shape */
+            size_t rlen[MAX_PIECES], rn = gather_shape(k, rlen, MAX_PIECES);
+            size_t rtotal = 0;
+            for (size_t i = 0; i < rn; i++)
+                rtotal += rlen[i];
+            rbufs[l * PER + k] = malloc(rtotal);
+            CHECK(shm->irecv(tp, peer, 1, rbufs[l * PER + k], rtotal,
+                             &reqs[nr++]) == MOX_OK, "irecv");
+            mox__treq_t *sr = &reqs[nr++];
+            mox_status_t st = shm->isendv(tp, peer, 1, iov[g], cnt, total,
+                                          sr);
+            if (st == MOX_ERR_UNSUPPORTED) {
+                CHECK(!tp->cma, "declined with CMA on (%zu bytes)", total);
+                uint8_t *packed = malloc(total);
+                for (size_t i = 0, o = 0; i < cnt; o += iov[g][i].len, i++)
+                    memcpy(packed + o, iov[g][i].base, iov[g][i].len);
+                free(pools[g]);
+                pools[g] = packed; /* kept until the send is done */
+                st = shm->isend(tp, peer, 1, packed, total, sr);
+            } else {
+                gathered++;
+            }
+            CHECK(st == MOX_OK, "send shape %d: %s", k, mox_status_name(st));
+            /* a plain message between gathers on the same tag */
+            rbufs[l * PER + NSHAPES + k] = malloc(sizeof small);
+            CHECK(shm->irecv(tp, peer, 1, rbufs[l * PER + NSHAPES + k],
+                             sizeof small, &reqs[nr++]) == MOX_OK, "irecv");
+            CHECK(shm->isend(tp, peer, 1, small, sizeof small, &reqs[nr++])
+                      == MOX_OK, "isend");
+        }
+        /* below the threshold: always declined, request untouched */
+        mox__iov_t one = {small, 100};
+        mox__treq_t probe = {.status = MOX_OK};
+        CHECK(shm->isendv(tp, peer, 2, &one, 1, 100, &probe) ==
+                  MOX_ERR_UNSUPPORTED && !probe.done, "small gather");
+    }
+    h_wait(shm, tp, reqs, nr);
+    for (int i = 0; i < nr; i++)
+        CHECK(reqs[i].status == MOX_OK, "req %d: %s", i,
+              mox_status_name(reqs[i].status));
+    for (int l = 0; l < n; l++) {
+        int peer = mox__topo_rank_at(&c->topo, c->node, l);
+        if (peer == rank)
+            continue;
+        for (int k = 0; k < NSHAPES; k++) {
+            size_t rlen[MAX_PIECES], rn = gather_shape(k, rlen, MAX_PIECES);
+            size_t rtotal = 0;
+            for (size_t i = 0; i < rn; i++)
+                rtotal += rlen[i];
+            verify(rbufs[l * PER + k], rtotal, peer, rank, k);
+            verify(rbufs[l * PER + NSHAPES + k], sizeof small, peer, 0, 99);
+        }
+    }
+    CHECK(!tp->cma || gathered == NSHAPES * (n - 1), "gathered %d",
+          gathered);
+    for (int i = 0; i < NSHAPES * n; i++)
+        free(pools[i]);
+    for (int i = 0; i < PER * n; i++)
+        free(rbufs[i]);
+    free(pools);
+    free(rbufs);
+    free(iov);
+    free(reqs);
+    h_allgather(h_oob, "x", (char[8]){0}, 1);
+    shm->destroy(tp);
+    h_comm_free(c);
+}
+
+static void test_gather_send_any_shape_arrives_as_one_message(void **state)
+{
+    (void)state;
+    memset(h_env, 0, sizeof h_env);
+    h_env[0] = "MOX_SHM_CMA_THRESHOLD=4k";
+    h_run("AAA", body_gather);
+    /* streams are packed by the caller: same bytes */
+    h_env[1] = "MOX_SHM_CMA=off";
+    h_run("AA", body_gather);
+}
+
+/* A gather into a receive too small fails that receive with TRUNCATED and
+ * the real length; the sender completes and the next gather on the
+ * channel arrives intact. */
+static void body_gather_truncate(int rank, const char *nodes,
+                                 const char *job)
+{
+    mox__comm_t *c = h_comm(rank, nodes, job);
+    mox__transport_t *tp = h_shm(c);
+    CHECK(tp->cma, "needs single copy");
+    mox__iov_t iov[MAX_PIECES];
+    uint8_t *pool = NULL;
+    size_t cnt = gather_build(0, 1, 3, &pool, iov);
+    size_t total = iov_total(iov, cnt);
+    mox__treq_t q[2] = {0};
+    if (rank == 0) {
+        for (int i = 0; i < 2; i++)
+            CHECK(shm->isendv(tp, 1, 4, iov, cnt, total, &q[i]) == MOX_OK,
+                  "isendv");
+        h_wait(shm, tp, q, 2);
+        CHECK(q[0].status == MOX_OK && q[1].status == MOX_OK, "sends");
+    } else {
+        uint8_t *r = malloc(total);
+        shm->irecv(tp, 0, 4, r, 1000, &q[0]);
+        shm->irecv(tp, 0, 4, r, total, &q[1]);
+        h_wait(shm, tp, q, 2);
+        CHECK(q[0].status == MOX_ERR_TRUNCATED && q[0].bytes == total,
+              "truncated: %s %zu", mox_status_name(q[0].status), q[0].bytes);
+        CHECK(q[1].status == MOX_OK && q[1].bytes == total, "next: %s",
+              mox_status_name(q[1].status));
+        verify(r, total, 0, 1, 3);
+        free(r);
+    }
+    free(pool);
+    h_allgather(h_oob, "x", (char[8]){0}, 1);
+    shm->destroy(tp);
+    h_comm_free(c);
+}
+
+static void test_gather_truncation_completes_both_sides(void **state)
+{
+    (void)state;
+    memset(h_env, 0, sizeof h_env);
+    h_env[0] = "MOX_SHM_CMA=on";
+    h_run("AA", body_gather_truncate);
+}
+
+/* The sender corrupts its iov array after posting (pieces longer, then
+ * shorter, than the message, then a piece wrapping the address space): each
+ * receive fails with PROTOCOL, the sender is still acknowledged, and a
+ * plain message after them arrives intact. */
+static void body_gather_corrupt(int rank, const char *nodes, const char *job)
+{
+    mox__comm_t *c = h_comm(rank, nodes, job);
+    mox__transport_t *tp = h_shm(c);
+    CHECK(tp->cma, "needs single copy");
+    enum { NBAD = 3 };
+    static mox__iov_t iov[NBAD][MAX_PIECES];
+    uint8_t *pool[NBAD];
+    size_t cnt[NBAD], total[NBAD];
+    uint8_t small[300], r[300];
+    fill(small, sizeof small, 0, 1, 5);
+    mox__treq_t q[NBAD + 1] = {{0}};
+    if (rank == 0) {
+        for (int b = 0; b < NBAD; b++) {
+            cnt[b] = gather_build(0, 1, 3, &pool[b], iov[b]);
+            total[b] = iov_total(iov[b], cnt[b]);
+            CHECK(shm->isendv(tp, 1, 6, iov[b], cnt[b], total[b], &q[b]) ==
+                      MOX_OK, "isendv %d", b);
+        }
+        iov[0][700].len += 1;                 /* longer */
+        iov[1][cnt[1] - 1].len -= 1;          /* shorter */
+        iov[2][5].base = (void *)(uintptr_t)(UINTPTR_MAX - 2); /* wraps */
+        CHECK(shm->isend(tp, 1, 6, small, sizeof small, &q[NBAD]) == MOX_OK,
+              "isend");
+    }
+    h_allgather(h_oob, "x", (char[8]){0}, 1); /* corrupted before reads */
+    if (rank == 0) {
+        h_wait(shm, tp, q, NBAD + 1);
+        for (int b = 0; b <= NBAD; b++)
+            CHECK(q[b].status == MOX_OK, "send %d acknowledged: %s", b,
+                  mox_status_name(q[b].status));
+        for (int b = 0; b < NBAD; b++)
+            free(pool[b]);
+    } else {
+        size_t want = 0;
+        for (size_t i = 0; i < 1200; i++)
+            want += 1 + (i * 37) % 5003;
+        uint8_t *big = malloc(want + 1);
+        for (int b = 0; b < NBAD; b++)
+            shm->irecv(tp, 0, 6, big, want + 1, &q[b]);
+        shm->irecv(tp, 0, 6, r, sizeof r, &q[NBAD]);
+        h_wait(shm, tp, q, NBAD + 1);
+        for (int b = 0; b < NBAD; b++)
+            CHECK(q[b].status == MOX_ERR_PROTOCOL, "bad gather %d: %s", b,
+                  mox_status_name(q[b].status));
+        CHECK(q[NBAD].status == MOX_OK && q[NBAD].bytes == sizeof r,
+              "after: %s", mox_status_name(q[NBAD].status));
+        verify(r, sizeof r, 0, 1, 5);
+        free(big);
+    }
+    h_allgather(h_oob, "x", (char[8]){0}, 1);
+    shm->destroy(tp);
+    h_comm_free(c);
+}
+
+static void test_corrupt_gather_list_is_protocol_error(void **state)
+{
+    (void)state;
+    memset(h_env, 0, sizeof h_env);
+    h_env[0] = "MOX_SHM_CMA=on";
+    h_run("AA", body_gather_corrupt);
+}
+
+/* ------------------------------------------------------------------ */
 /* self                                                                 */
 
 static void test_self_matches_either_order_and_truncates(void **state)
@@ -446,6 +729,24 @@ static void test_self_matches_either_order_and_truncates(void **state)
     ops->irecv(tp, 3, 11, r1, 8, &q1);
     assert_false(q1.done); /* the cancelled send is gone */
     assert_int_equal(ops->isend(tp, 2, 1, a, 1, &s1), MOX_ERR_INVALID_ARG);
+    /* gather: pieces (one empty) concatenated, either order */
+    mox__iov_t iov[3] = {{b, 3}, {a, 0}, {a + 1, 4}};
+    char g[8] = "";
+    ops->isendv(tp, 3, 12, iov, 3, 7, &s1);
+    assert_false(s1.done);
+    ops->irecv(tp, 3, 12, g, sizeof g, &q2);
+    assert_true(s1.done && q2.done);
+    assert_int_equal(q2.status, MOX_OK);
+    assert_int_equal(q2.bytes, 7);
+    assert_memory_equal(g, "bbbaaaa", 7);
+    memset(g, 0, sizeof g);
+    ops->irecv(tp, 3, 12, g, sizeof g, &q2);
+    ops->isendv(tp, 3, 12, iov, 3, 7, &s1);
+    assert_true(s1.done && q2.done);
+    assert_memory_equal(g, "bbbaaaa", 7);
+    /* lengths that do not add up are the caller's error */
+    assert_int_equal(ops->isendv(tp, 3, 12, iov, 3, 8, &s1),
+                     MOX_ERR_INVALID_ARG);
     ops->destroy(tp);
     assert_int_equal(q1.status, MOX_ERR_TIMEOUT);
 }
@@ -464,6 +765,9 @@ int main(void)
         cmocka_unit_test(test_dead_peer_fails_requests),
         cmocka_unit_test(test_segment_is_unlinked_after_create),
         cmocka_unit_test(test_stale_segment_is_a_clear_error),
+        cmocka_unit_test(test_gather_send_any_shape_arrives_as_one_message),
+        cmocka_unit_test(test_gather_truncation_completes_both_sides),
+        cmocka_unit_test(test_corrupt_gather_list_is_protocol_error),
         cmocka_unit_test(test_self_matches_either_order_and_truncates),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -160,6 +160,15 @@ shm_chan_t *shm_chan_at(void *seg, uint64_t slots, uint64_t slot_bytes,
 int shm_push_sends(mox__transport_t *tp, shm_peer_t *p);
 int shm_poll_acks(mox__transport_t *tp, shm_peer_t *p);
 int shm_drain(mox__transport_t *tp, shm_peer_t *p);
+/* End the single-copy message being received: fail its receive with `st`
+ * (unless MOX_OK or already gone), acknowledge it, count completions. */
+void shm_rndv_end(shm_peer_t *p, mox_status_t st, int *done);
+
+/* shm_cma.c: one bounded chunk of the single-copy message being received
+ * (RNDV, RNDV_IOV); ends it through shm_rndv_end when it is complete or
+ * fails. */
+void shm_rndv_step(shm_peer_t *p, int *done);
+void shm_rndv_iov_step(shm_peer_t *p, int *done);
 
 /* shm.c: request bookkeeping used by the ring code. */
 void shm_q_push(shm_queue_t *q, mox__treq_t *r);

@@ -1,8 +1,8 @@
 /*
  * The wire protocol of a shared-memory channel: the sender streams a
  * message's header and payload slot by slot, the receiver drains slots into
- * the matched receive (or reads the sender's buffer with process_vm_readv
- * for RNDV messages and acknowledges).
+ * the matched receive (single-copy messages, RNDV and RNDV_IOV, are read
+ * out of the sender's memory by shm_cma.c and acknowledged).
  *
  * Ordering: slot contents are written before `head` is published with
  * release and read after `head` is loaded with acquire; the receiver
@@ -77,6 +77,9 @@ static uint64_t write_first(mox__transport_t *tp, shm_peer_t *p,
         h.kind = SHM_KIND_RNDV;
         h.pid = (int32_t)tp->peers[tp->local_rank].pid;
         h.addr = (uint64_t)(uintptr_t)SHM_REQ_BUF(r);
+        h.count = shm_req_iovcnt(r);
+        if (h.count)
+            h.kind = SHM_KIND_RNDV_IOV;
     } else {
         len = frag_len(tp, h.bytes, 0, 1);
         if (len)
@@ -85,7 +88,7 @@ static uint64_t write_first(mox__transport_t *tp, shm_peer_t *p,
     memcpy(slot, &h, sizeof h);
     p->s_msgs++;
     p->s_started = 1;
-    return h.kind == SHM_KIND_RNDV ? h.bytes : len;
+    return h.kind == SHM_KIND_EAGER ? len : h.bytes;
 }
 
 /* The head send is fully in the ring: complete it, or park it until the
@@ -174,14 +177,18 @@ static const char *bad_header(const mox__transport_t *tp, const shm_peer_t *p,
         return "message size";
     if (h->kind == SHM_KIND_EAGER)
         return NULL;
-    if (h->kind != SHM_KIND_RNDV)
+    if (h->kind != SHM_KIND_RNDV && h->kind != SHM_KIND_RNDV_IOV)
         return "message kind";
     if (!tp->cma || h->bytes == 0)
         return "unexpected single-copy message";
     if (h->pid != (int32_t)p->pid)
         return "sender pid";
-    if (h->addr + h->bytes < h->addr)
-        return "sender address";
+    if (h->kind == SHM_KIND_RNDV)
+        return h->addr + h->bytes < h->addr ? "sender address" : NULL;
+    if (h->count == 0 || h->count > SHM_MAX_IOV_COUNT)
+        return "gather piece count";
+    if (h->addr + h->count * sizeof(mox__iov_t) < h->addr)
+        return "sender iov address";
     return NULL;
 }
 
@@ -209,6 +216,8 @@ static int begin_message(mox__transport_t *tp, shm_peer_t *p, int *done)
     p->r_msgs++;
     p->r_active = 1;
     p->r_off = 0;
+    p->r_iov_fetched = p->r_iov_sum = p->r_iov_skip = 0;
+    p->r_iov_n = p->r_iov_i = 0;
     p->r_req = r;
     if (h.bytes > SHM_REQ_LEN(r)) {
         /* Tell the caller now; the rest of the message is discarded. */
@@ -245,38 +254,18 @@ static void drain_slot(mox__transport_t *tp, shm_peer_t *p, int first,
         end_message(p, done);
 }
 
-/* One chunk of a single-copy read. The sender waits for our ack whatever
- * happens, so every way out of the message acknowledges it. */
-static void rndv_step(shm_peer_t *p, int *done)
+/* End the single-copy message being read: the sender waits for our ack
+ * whatever happens, so every way out acknowledges it. `st` fails the
+ * receive (when there still is one). */
+void shm_rndv_end(shm_peer_t *p, mox_status_t st, int *done)
 {
-    if (!p->r_req) {
-        send_ack(p);
-        end_message(p, done);
-        return;
-    }
-    uint64_t n = min_u64(SHM_CMA_CHUNK, p->r_hdr.bytes - p->r_off);
-    struct iovec local = {(char *)SHM_REQ_BUF(p->r_req) + p->r_off, n};
-    struct iovec remote = {(void *)(uintptr_t)(p->r_hdr.addr + p->r_off), n};
-    ssize_t got = process_vm_readv(p->pid, &local, 1, &remote, 1, 0);
-    if (got < 0 && (errno == EINTR || errno == EAGAIN || errno == ENOMEM))
-        return;
-    if (got <= 0) {
-        mox_status_t st = errno == ESRCH ? MOX_ERR_PEER : MOX_ERR_TRANSPORT;
-        MOX_ERROR("shm", "single-copy read of %llu bytes from rank %d "
-                  "failed: %s", (unsigned long long)n, p->rank,
-                  got < 0 ? strerror(errno) : "nothing read");
+    if (st != MOX_OK && p->r_req) {
         shm_req_done(p->r_req, st, 0);
         (*done)++;
         p->r_req = NULL;
-        send_ack(p);
-        end_message(p, done);
-        return;
     }
-    p->r_off += (uint64_t)got;
-    if (p->r_off == p->r_hdr.bytes) {
-        send_ack(p);
-        end_message(p, done);
-    }
+    send_ack(p);
+    end_message(p, done);
 }
 
 /* Is there an unread slot? Re-reads `head` only when the cached value says
@@ -296,8 +285,11 @@ int shm_drain(mox__transport_t *tp, shm_peer_t *p)
 {
     int done = 0;
     for (uint64_t budget = tp->slots; budget > 0; budget--) {
-        if (p->r_active && p->r_hdr.kind == SHM_KIND_RNDV) {
-            rndv_step(p, &done);
+        if (p->r_active && p->r_hdr.kind != SHM_KIND_EAGER) {
+            if (p->r_hdr.kind == SHM_KIND_RNDV)
+                shm_rndv_step(p, &done);
+            else
+                shm_rndv_iov_step(p, &done);
             if (p->r_active)
                 break; /* one chunk per call keeps channels fair */
             continue;
@@ -315,7 +307,7 @@ int shm_drain(mox__transport_t *tp, shm_peer_t *p)
         int bound = begin_message(tp, p, &done);
         if (bound <= 0)
             break;
-        if (p->r_hdr.kind == SHM_KIND_RNDV)
+        if (p->r_hdr.kind != SHM_KIND_EAGER)
             consume_slot(p); /* the header was all it had */
         else
             drain_slot(tp, p, 1, &done);
