@@ -28,6 +28,8 @@ typedef struct {
     uint64_t *part_off;             /* [L] into recv area (partials in) */
     char *send, *recv;
     float *fwd_accum;               /* [hopin records][H] (forwarder) */
+    mox__iov_t *iov;                /* [P] pieces of gather sends */
+    size_t niov;
     mox__treq_t *t;
     mox__treq_t *psend, *precv, *bsend, *brecv;
     size_t nt;
@@ -167,15 +169,26 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
         int h = mox__topo_rank_at(&c->topo, c->node, l);
         if (!m->fwd_in[l])
             continue;
+        /* The rows of each served source are contiguous in expert_out:
+         * in x's own format they go as one gather send, without packing. */
+        size_t nv = 0;
+        for (int x = 0; x < m->P; x++)
+            if (m->forward && remote(m, x) &&
+                mox__moe_forwarder_for(m, x) == h && m->final_in[x])
+                s->iov[s->niov + nv++] = (mox__iov_t){
+                    s->expert_out + m->final_off[x] * (size_t)m->H * m->x_elem,
+                    m->final_in[x] * rb};
+        st = same_format(m) ? mox__isendv(c, h, ptag, s->iov + s->niov, nv,
+                                          m->fwd_in[l] * rb, &s->psend[l])
+                            : MOX_ERR_UNSUPPORTED;
+        s->niov += nv;
+        if (st != MOX_ERR_UNSUPPORTED)
+            continue;
         char *start = s->send + pos * rb;
-        for (int x = 0; x < m->P; x++) {
-            if (!m->forward || !remote(m, x) ||
-                mox__moe_forwarder_for(m, x) != h)
-                continue;
-            to_wire(m, s->expert_out +
-                           m->final_off[x] * (size_t)m->H * m->x_elem,
-                    s->send + pos * rb, m->final_in[x], tmp);
-            pos += m->final_in[x];
+        for (size_t v = 0; v < nv; v++) {
+            const mox__iov_t *piece = &s->iov[s->niov - nv + v];
+            to_wire(m, piece->base, s->send + pos * rb, piece->len / rb, tmp);
+            pos += piece->len / rb;
         }
         st = mox__isend(c, h, ptag, start, m->fwd_in[l] * rb, &s->psend[l]);
     }
@@ -310,7 +323,8 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     int L = c->local_size;
     size_t nt = 2 * (size_t)m->P + 2 * (size_t)L;
     size_t bytes = sizeof(combine_t) + nt * sizeof(mox__treq_t) +
-                   (2 * (size_t)m->P + (size_t)L) * sizeof(uint64_t);
+                   (2 * (size_t)m->P + (size_t)L) * sizeof(uint64_t) +
+                   (size_t)m->P * sizeof(mox__iov_t);
     combine_t *s = calloc(1, bytes);
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory");
@@ -329,6 +343,7 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     s->send_off = (uint64_t *)(s->t + nt);
     s->recv_off = s->send_off + m->P;
     s->part_off = s->recv_off + m->P;
+    s->iov = (mox__iov_t *)(s->part_off + L);
     req->treqs = s->t;
     req->ntreqs = nt;
     req->progress = progress;
