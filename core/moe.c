@@ -187,10 +187,11 @@ void mox_moe_destroy(mox_moe_t m)
 {
     if (!m)
         return;
-    mox__buf_t *bufs[] = {&m->route_mem, &m->hopout, &m->hopin, &m->fwdout,
-                          &m->fwdin, &m->fwdrec, &m->hidscratch, &m->notify, &m->comb_send,
-                          &m->comb_recv, &m->comb_accum, &m->comb_part,
-                          &m->hopiov};
+    mox__buf_t *bufs[] = {&m->route_mem, &m->hopout,   &m->hopin,
+                          &m->fwdout,    &m->fwdin,    &m->fwdrec,
+                          &m->fwdiov,    &m->hidscratch, &m->notify,
+                          &m->comb_send, &m->comb_recv, &m->comb_accum,
+                          &m->comb_part, &m->hopiov};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]->p);
     free(m->hop_in); /* the per-peer arrays, one allocation */

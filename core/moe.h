@@ -88,7 +88,7 @@ struct mox_moe {
     uint64_t *fwd_in;       /* [L] records each local forwarder sends me */
 
     /* Buffers reused across calls. */
-    mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, hidscratch, notify,
+    mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, fwdiov, hidscratch, notify,
         comb_send, comb_recv, comb_accum, comb_part;
     mox__buf_t hopiov; /* gather lists of split hidden blocks (mox__iov_t) */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */

@@ -421,9 +421,10 @@ static mox_status_t post_forwards(struct mox_req *req, dispatch_t *s)
         off[l + 1] += off[l];
     uint64_t total = off[s->L];
     uint64_t *items = mox__buf_reserve(&m->fwdrec, total * 8 + 8);
-    char *fout = mox__buf_reserve(&m->fwdout, total * rb + 8);
+    mox__iov_t *iov = mox__buf_reserve(&m->fwdiov,
+                                       total * sizeof(mox__iov_t) + 8);
     uint64_t *fill = calloc((size_t)s->L, sizeof *fill);
-    if (!items || !fout || !fill) {
+    if (!items || !iov || !fill) {
         free(fill);
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to forward "
                          "%llu records", (unsigned long long)total);
@@ -433,26 +434,36 @@ static mox_status_t post_forwards(struct mox_req *req, dispatch_t *s)
         if (!served_remote(m, src))
             continue;
         for (uint64_t j = 0; j < m->hop_in[src]; j++) {
-            uint64_t at = m->hopin_off[src] + j * rb;
+            const char *rec = hin + m->hopin_off[src] + j * rb;
             for (int l = 0; l < s->L; l++) {
-                if (!rec_for(m, hin + at,
-                             mox__topo_rank_at(&c->topo, c->node, l)))
+                if (!rec_for(m, rec, mox__topo_rank_at(&c->topo, c->node, l)))
                     continue;
                 uint64_t pos = off[l] + fill[l]++;
                 items[pos] = m->hopin_first[src] + j; /* record index */
-                if (l != s->me_local)
-                    memcpy(fout + pos * rb, hin + at, rb);
+                iov[pos] = (mox__iov_t){rec, rb};
             }
         }
     }
     free(fill);
+    /* Each local rank's records go as one gather send straight from hopin;
+     * where the transport declines, they are packed first. */
     mox_status_t st = MOX_OK;
     uint64_t tag = mox__tag(req->seq, STEP_FWD);
     for (int l = 0; l < s->L && st == MOX_OK; l++) {
         uint64_t n = off[l + 1] - off[l];
-        if (l != s->me_local && n)
-            st = mox__isend(c, mox__topo_rank_at(&c->topo, c->node, l), tag,
-                            fout + off[l] * rb, n * rb, &s->fsend[l]);
+        int d = mox__topo_rank_at(&c->topo, c->node, l);
+        if (l == s->me_local || !n)
+            continue;
+        st = mox__isendv(c, d, tag, iov + off[l], n, n * rb, &s->fsend[l]);
+        if (st != MOX_ERR_UNSUPPORTED)
+            continue;
+        char *fout = mox__buf_reserve(&m->fwdout, total * rb + 8);
+        if (!fout)
+            return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to "
+                             "forward %llu records", (unsigned long long)n);
+        for (uint64_t j = 0; j < n; j++)
+            memcpy(fout + (off[l] + j) * rb, iov[off[l] + j].base, rb);
+        st = mox__isend(c, d, tag, fout + off[l] * rb, n * rb, &s->fsend[l]);
     }
     return st;
 }
