@@ -39,15 +39,16 @@ typedef struct {
 } dispatch_t;
 
 /*
- * Inside a node, with the native wire, a source's message to a rank is
- * split in two: the records' meta blocks, and the hidden vectors as one
- * block that lands straight in recv_x at that source's rows (they are
- * contiguous: rows are ordered by source). That saves the unpack copy.
+ * Inside a node a source's message to a rank is split in two: the records'
+ * meta blocks, and the hidden vectors as one block in x's own format that
+ * lands straight in recv_x at that source's rows (they are contiguous: rows
+ * are ordered by source). The wire format (bf16, fp8) is for the network:
+ * inside a node it would only cost conversions and precision, so rows from
+ * the same node arrive bit-exact whatever MOX_MOE_WIRE says.
  */
 static int split_with(const struct mox_moe *m, int peer)
 {
-    return m->cfg.dispatch_wire == MOX_MOE_WIRE_NATIVE && !m->broadcast &&
-           m->comm->topo.node_of[peer] == m->comm->node;
+    return !m->broadcast && m->comm->topo.node_of[peer] == m->comm->node;
 }
 
 /* Notify message fields (little-endian host order: peers share the ABI). */

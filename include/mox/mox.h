@@ -266,7 +266,8 @@ MOX_API mox_status_t mox_alltoallv(mox_comm_t comm, const void *sendbuf,
  * that rank owns.
  */
 
-/* Wire formats of dispatched hidden vectors. */
+/* Wire formats of dispatched hidden vectors between nodes (inside a node
+ * tokens always travel in x_dtype, bit-exact). */
 typedef enum {
     MOX_MOE_WIRE_DEFAULT = -1, /* MOX_MOE_WIRE (default native) */
     MOX_MOE_WIRE_NATIVE = 0,   /* x_dtype as given: bit-exact */
