@@ -203,59 +203,54 @@ static mox_status_t post_sums(struct mox_req *req, combine_t *s)
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
     size_t H = (size_t)m->H, rb = s->row_bytes;
-    uint64_t nrec = m->hopin_first[m->P];
-    float *acc = mox__buf_reserve(&m->comb_accum, nrec * H * 4 + 8);
-    float *tmp = malloc(H * sizeof *tmp + 8);
-    if (!acc || !tmp) {
-        free(tmp);
+    /* Sums exist only for the records of the remote sources I serve; they
+     * are numbered lo .. hi-1 among all records I received. */
+    uint64_t lo = UINT64_MAX, hi = 0;
+    for (int x = 0; x < m->P; x++)
+        if (served_remote(m, x) && m->hop_in[x]) {
+            lo = m->hopin_first[x] < lo ? m->hopin_first[x] : lo;
+            hi = m->hopin_first[x] + m->hop_in[x];
+        }
+    if (hi == 0)
+        return MOX_OK;
+    float *acc = mox__buf_reserve(&m->comb_accum, (hi - lo) * H * 4 + 8);
+    if (!acc)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory to "
-                         "sum %llu records", (unsigned long long)nrec);
-    }
-    memset(acc, 0, nrec * H * 4);
-    char *mine = NULL;
-    uint64_t nmine = m->fwd.off[c->local_rank + 1] - m->fwd.off[c->local_rank];
-    if (nmine) {
-        /* My own partial rows: my rows of the served sources, in order. */
-        mine = malloc(nmine * rb);
-        if (!mine) {
-            free(tmp);
-            return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory");
-        }
-        uint64_t pos = 0;
-        for (int x = 0; x < m->P; x++)
-            if (served_remote(m, x)) {
-                to_wire(m, s->expert_out +
-                               m->final_off[x] * H * m->x_elem,
-                        mine + pos * rb, m->final_in[x], tmp);
-                pos += m->final_in[x];
-            }
-    }
+                         "sum %llu records", (unsigned long long)(hi - lo));
+    memset(acc, 0, (hi - lo) * H * 4);
+    /* Local ranks in order; my own rows come straight from expert_out (the
+     * served sources' rows, in source then token order, as my list). */
     for (int l = 0; l < s->L; l++) {
-        const char *rows = l == c->local_rank ? mine
-                                              : s->recv + s->part_off[l] * rb;
-        for (uint64_t j = m->fwd.off[l]; j < m->fwd.off[l + 1]; j++) {
-            uint64_t rec = m->fwd_rec[j];
-            accumulate(m, rows + (j - m->fwd.off[l]) * rb, acc + rec * H);
+        uint64_t j = m->fwd.off[l], end = m->fwd.off[l + 1];
+        if (l != c->local_rank) {
+            const char *rows = s->recv + s->part_off[l] * rb;
+            for (; j < end; j++)
+                accumulate(m, rows + (j - m->fwd.off[l]) * rb,
+                           acc + (m->fwd_rec[j] - lo) * H);
+            continue;
+        }
+        for (int x = 0; x < m->P && j < end; x++) {
+            if (!served_remote(m, x))
+                continue;
+            const char *row = s->expert_out + m->final_off[x] * H * m->x_elem;
+            for (uint64_t k = 0; k < m->final_in[x] && j < end; k++, j++)
+                mox__accumulate_f32(m->cfg.x_dtype, row + k * H * m->x_elem,
+                                    acc + (m->fwd_rec[j] - lo) * H, H);
         }
     }
-    free(mine);
     mox_status_t st = MOX_OK;
     uint64_t btag = mox__tag(req->seq, STEP_BACK);
     for (int x = 0; x < m->P && st == MOX_OK; x++) {
         if (!served_remote(m, x) || !m->hop_in[x])
             continue;
-        uint64_t first = m->hopin_first[x];
+        const float *a = acc + (m->hopin_first[x] - lo) * H;
         char *dst = s->send + s->send_off[x] * rb;
-        for (uint64_t j = 0; j < m->hop_in[x]; j++) {
-            const float *a = acc + (first + j) * H;
-            if (m->comb_elem == 4)
-                memcpy(dst + j * rb, a, H * 4);
-            else
-                mox__from_f32(MOX_DTYPE_BF16, a, dst + j * rb, H);
-        }
+        if (m->comb_elem == 4)
+            memcpy(dst, a, m->hop_in[x] * H * 4);
+        else
+            mox__from_f32(MOX_DTYPE_BF16, a, dst, m->hop_in[x] * H);
         st = mox__isend(c, x, btag, dst, m->hop_in[x] * rb, &s->bsend[x]);
     }
-    free(tmp);
     return st;
 }
 
