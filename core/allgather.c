@@ -123,14 +123,10 @@ mox_status_t mox_allgatherv(mox_comm_t c, const void *sendbuf,
                             const uint64_t *recvcounts,
                             const uint64_t *displs, mox_dtype_t dtype)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_iallgatherv(c, sendbuf, sendcount, recvbuf,
                                       recvcounts, displs, dtype, &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }
 
 mox_status_t mox_iallgather(mox_comm_t c, const void *sendbuf, void *recvbuf,
@@ -161,11 +157,7 @@ mox_status_t mox_iallgather(mox_comm_t c, const void *sendbuf, void *recvbuf,
 mox_status_t mox_allgather(mox_comm_t c, const void *sendbuf, void *recvbuf,
                            uint64_t count, mox_dtype_t dtype)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_iallgather(c, sendbuf, recvbuf, count, dtype, &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }

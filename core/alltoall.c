@@ -86,14 +86,10 @@ mox_status_t mox_alltoallv(mox_comm_t c, const void *sendbuf,
                            void *recvbuf, const uint64_t *recvcounts,
                            const uint64_t *rdispls, size_t elem_bytes)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_ialltoallv(c, sendbuf, sendcounts, sdispls, recvbuf,
                                      recvcounts, rdispls, elem_bytes, &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }
 
 /* Equal blocks: expressed as alltoallv with regular counts. The arrays are
@@ -128,12 +124,8 @@ mox_status_t mox_ialltoall(mox_comm_t c, const void *sendbuf, void *recvbuf,
 mox_status_t mox_alltoall(mox_comm_t c, const void *sendbuf, void *recvbuf,
                           uint64_t count, size_t elem_bytes)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_ialltoall(c, sendbuf, recvbuf, count, elem_bytes,
                                     &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }

@@ -22,11 +22,7 @@ mox_status_t mox_ibarrier(mox_comm_t c, mox_req_t *out)
 
 mox_status_t mox_barrier(mox_comm_t c)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_ibarrier(c, &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }

@@ -128,6 +128,10 @@ mox_status_t mox__treqs_check(mox__comm_t *c, const mox__treq_t *t, size_t n,
 
 uint64_t mox__now_ns(void);
 
+/* The blocking form of a collective: `st` is the status of its start and
+ * `req` the request it made; waits for it, frees it, returns its status. */
+mox_status_t mox__wait_started(mox_status_t st, mox_req_t req);
+
 /* Free every request of the communicator (at destroy). */
 void mox__req_free_all(mox__comm_t *c);
 

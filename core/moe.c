@@ -501,22 +501,12 @@ mox_status_t mox_moe_idispatch(mox_moe_t m, const mox_moe_input_t *in,
     return start(m, in, out, 0, req);
 }
 
-/* Blocking form: `st` is the start's status, *req its request. */
-static mox_status_t wait_free(mox_status_t st, mox_req_t *req)
-{
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(*req);
-    mox_req_free(*req);
-    return st;
-}
-
 mox_status_t mox_moe_dispatch(mox_moe_t m, const mox_moe_input_t *in,
                               mox_moe_output_t *out)
 {
     mox_req_t req = NULL;
     mox_status_t st = mox_moe_idispatch(m, in, out, &req);
-    return wait_free(st, &req);
+    return mox__wait_started(st, req);
 }
 
 mox_status_t mox_moe_icombine(mox_moe_t m, const void *expert_out, void *out,
@@ -550,5 +540,5 @@ mox_status_t mox_moe_combine(mox_moe_t m, const void *expert_out, void *out)
 {
     mox_req_t req = NULL;
     mox_status_t st = mox_moe_icombine(m, expert_out, out, &req);
-    return wait_free(st, &req);
+    return mox__wait_started(st, req);
 }

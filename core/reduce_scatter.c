@@ -123,14 +123,10 @@ mox_status_t mox_reduce_scatter_v(mox_comm_t c, const void *sendbuf,
                                   void *recvbuf, const uint64_t *recvcounts,
                                   mox_dtype_t dtype, mox_op_t op)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_ireduce_scatter_v(c, sendbuf, recvbuf, recvcounts,
                                             dtype, op, &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }
 
 /* Equal counts as a temporary array: read only during the start. */
@@ -166,14 +162,10 @@ mox_status_t mox_reduce_scatter(mox_comm_t c, const void *sendbuf,
                                 void *recvbuf, uint64_t recvcount,
                                 mox_dtype_t dtype, mox_op_t op)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_ireduce_scatter(c, sendbuf, recvbuf, recvcount,
                                           dtype, op, &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }
 
 static mox_status_t check_sparse(mox__comm_t *c, uint64_t recvcount,
@@ -249,14 +241,10 @@ mox_status_t mox_reduce_scatter_sparse(mox_comm_t c, const void *sendbuf,
                                        const uint64_t *blocks,
                                        uint64_t nblocks)
 {
-    mox_req_t req;
+    mox_req_t req = NULL;
     mox_status_t st = mox_ireduce_scatter_sparse(c, sendbuf, recvbuf,
                                                  recvcount, dtype, op,
                                                  block_elems, blocks, nblocks,
                                                  &req);
-    if (st != MOX_OK)
-        return st;
-    st = mox_wait(req);
-    mox_req_free(req);
-    return st;
+    return mox__wait_started(st, req);
 }

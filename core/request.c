@@ -390,6 +390,15 @@ mox_status_t mox_wait(mox_req_t req)
     return req->status;
 }
 
+mox_status_t mox__wait_started(mox_status_t st, mox_req_t req)
+{
+    if (st != MOX_OK)
+        return st;
+    st = mox_wait(req);
+    mox_req_free(req);
+    return st;
+}
+
 void mox_req_free(mox_req_t req)
 {
     if (!req)
