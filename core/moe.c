@@ -1,5 +1,6 @@
 /* MoE dispatch/combine: handle, configuration checks, routing, API. */
 #include "moe.h"
+#include "wire.h"
 #include "a2a_plan.h"
 #include "dtype.h"
 #include "log.h"
@@ -23,14 +24,6 @@ void *mox__buf_reserve(mox__buf_t *b, size_t bytes)
 }
 
 static size_t align8(size_t n) { return (n + 7) & ~(size_t)7; }
-
-static uint64_t fnv1a(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++)
-        h = (h ^ b[i]) * UINT64_C(1099511628211);
-    return h;
-}
 
 int mox__moe_forwarder_for(const struct mox_moe *m, int s)
 {
@@ -116,7 +109,7 @@ static void resolve(struct mox_moe *m, const mox_moe_config_t *g)
     int32_t f[] = {m->E, m->H, m->k, g->x_dtype, g->idx_dtype,
                    m->cfg.dispatch_wire, m->cfg.combine_wire, m->cfg.algo,
                    m->cfg.expert_alignment};
-    m->fingerprint = fnv1a(UINT64_C(14695981039346656037), f, sizeof f);
+    m->fingerprint = mox__fnv64(MOX_FNV64_INIT, f, sizeof f);
 }
 
 /* Every rank sends its resolved configuration to every rank; the first

@@ -1,5 +1,6 @@
 /* Helpers shared by reduce-scatter and allgather (rsag.h). */
 #include "rsag.h"
+#include "wire.h"
 
 #include <string.h>
 
@@ -42,62 +43,29 @@ uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,
     return n < align ? align : n;
 }
 
-static uint64_t fnv(uint64_t h, const void *p, size_t n)
-{
-    const unsigned char *b = p;
-    for (size_t i = 0; i < n; i++) {
-        h ^= b[i];
-        h *= UINT64_C(0x100000001b3);
-    }
-    return h;
-}
 
 uint64_t mox__rsag_hash(uint32_t kind, int dtype, int op, uint64_t block,
                         const uint64_t *counts, int P)
 {
-    uint64_t h = UINT64_C(0xcbf29ce484222325);
+    uint64_t h = MOX_FNV64_INIT;
     int32_t v[4] = {(int32_t)kind, dtype, op, P};
-    h = fnv(h, v, sizeof v);
-    h = fnv(h, &block, sizeof block);
-    return fnv(h, counts, (size_t)P * sizeof *counts);
+    h = mox__fnv64(h, v, sizeof v);
+    h = mox__fnv64(h, &block, sizeof block);
+    return mox__fnv64(h, counts, (size_t)P * sizeof *counts);
 }
 
 #define HDR_MAGIC 0x53524f4du /* "MORS" */
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p)
-{
-    uint32_t v = 0;
-    for (int i = 3; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--)
-        v = v << 8 | p[i];
-    return v;
-}
 
 void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf)
 {
     unsigned char *p = buf;
-    put32(p, HDR_MAGIC);
-    put32(p + 4, h->kind);
-    put64(p + 8, h->seq);
-    put64(p + 16, h->hash);
-    put64(p + 24, h->total);
-    put64(p + 32, h->mine);
+    mox__put32(p, HDR_MAGIC);
+    mox__put32(p + 4, h->kind);
+    mox__put64(p + 8, h->seq);
+    mox__put64(p + 16, h->hash);
+    mox__put64(p + 24, h->total);
+    mox__put64(p + 32, h->mine);
 }
 
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
@@ -105,23 +73,23 @@ mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
                                  const mox__rsag_hdr_t *mine)
 {
     const unsigned char *p = buf;
-    if (len != MOX_RSAG_HDR_BYTES || get32(p) != HDR_MAGIC ||
-        get64(p + 8) != mine->seq)
+    if (len != MOX_RSAG_HDR_BYTES || mox__get32(p) != HDR_MAGIC ||
+        mox__get64(p + 8) != mine->seq)
         return mox__fail(c, MOX_ERR_PROTOCOL, "%s: malformed agreement "
                          "header from rank %d (%zu bytes)", what, peer, len);
-    uint32_t kind = get32(p + 4);
+    uint32_t kind = mox__get32(p + 4);
     if (kind != mine->kind)
         return mox__fail(c, MOX_ERR_MISMATCH, "%s: rank %d called another "
                          "collective (kind %u) than rank %d (kind %u) at "
                          "sequence %llu", what, peer, kind, c->rank,
                          mine->kind, (unsigned long long)mine->seq);
-    if (get64(p + 16) != mine->hash)
+    if (mox__get64(p + 16) != mine->hash)
         return mox__fail(c, MOX_ERR_MISMATCH, "%s: rank %d and rank %d "
                          "disagree on counts, dtype, op or block size (rank "
                          "%d: total %llu elements, its own %llu; rank %d: "
                          "total %llu, its own %llu)", what, peer, c->rank,
-                         peer, (unsigned long long)get64(p + 24),
-                         (unsigned long long)get64(p + 32), c->rank,
+                         peer, (unsigned long long)mox__get64(p + 24),
+                         (unsigned long long)mox__get64(p + 32), c->rank,
                          (unsigned long long)mine->total,
                          (unsigned long long)mine->mine);
     return MOX_OK;

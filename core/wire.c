@@ -4,30 +4,6 @@
 #include <stdio.h>
 #include <string.h>
 
-static void put32(unsigned char *p, uint32_t v)
-{
-    for (int i = 0; i < 4; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-static void put64(unsigned char *p, uint64_t v)
-{
-    for (int i = 0; i < 8; i++)
-        p[i] = (unsigned char)(v >> (8 * i));
-}
-static uint32_t get32(const unsigned char *p)
-{
-    uint32_t v = 0;
-    for (int i = 0; i < 4; i++)
-        v |= (uint32_t)p[i] << (8 * i);
-    return v;
-}
-static uint64_t get64(const unsigned char *p)
-{
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++)
-        v |= (uint64_t)p[i] << (8 * i);
-    return v;
-}
 
 /* FNV-1a over the header with the checksum field taken as zero. */
 static uint32_t checksum(const unsigned char *p, size_t len)
@@ -44,19 +20,19 @@ void mox__wire_encode(const mox__wire_hdr_t *h, const uint64_t *counts,
                       void *buf)
 {
     unsigned char *p = buf;
-    put32(p, MOX_WIRE_MAGIC);
+    mox__put32(p, MOX_WIRE_MAGIC);
     p[4] = MOX_WIRE_VERSION & 0xff;
     p[5] = MOX_WIRE_VERSION >> 8;
     p[6] = (unsigned char)(h->kind & 0xff);
     p[7] = (unsigned char)(h->kind >> 8);
-    put64(p + 8, h->seq);
-    put32(p + 16, h->nsrc);
-    put32(p + 20, h->elem_bytes);
-    put32(p + 24, 0);
-    put32(p + 28, 0);
+    mox__put64(p + 8, h->seq);
+    mox__put32(p + 16, h->nsrc);
+    mox__put32(p + 20, h->elem_bytes);
+    mox__put32(p + 24, 0);
+    mox__put32(p + 28, 0);
     for (uint32_t i = 0; i < h->nsrc; i++)
-        put64(p + MOX_WIRE_FIXED_BYTES + 8 * (size_t)i, counts[i]);
-    put32(p + 24, checksum(p, mox__wire_bytes(h->nsrc)));
+        mox__put64(p + MOX_WIRE_FIXED_BYTES + 8 * (size_t)i, counts[i]);
+    mox__put32(p + 24, checksum(p, mox__wire_bytes(h->nsrc)));
 }
 
 mox_status_t mox__wire_decode(const void *buf, size_t len,
@@ -71,14 +47,14 @@ mox_status_t mox__wire_decode(const void *buf, size_t len,
                  len, MOX_WIRE_FIXED_BYTES);
         return MOX_ERR_PROTOCOL;
     }
-    if (get32(p) != MOX_WIRE_MAGIC) {
-        snprintf(errbuf, errlen, "bad magic 0x%08x", get32(p));
+    if (mox__get32(p) != MOX_WIRE_MAGIC) {
+        snprintf(errbuf, errlen, "bad magic 0x%08x", mox__get32(p));
         return MOX_ERR_PROTOCOL;
     }
     unsigned version = p[4] | (unsigned)p[5] << 8;
     unsigned kind = p[6] | (unsigned)p[7] << 8;
-    uint64_t seq = get64(p + 8);
-    uint32_t nsrc = get32(p + 16), elem_bytes = get32(p + 20);
+    uint64_t seq = mox__get64(p + 8);
+    uint32_t nsrc = mox__get32(p + 16), elem_bytes = mox__get32(p + 20);
     if (version != MOX_WIRE_VERSION) {
         snprintf(errbuf, errlen, "wire version %u, expected %d", version,
                  MOX_WIRE_VERSION);
@@ -89,7 +65,7 @@ mox_status_t mox__wire_decode(const void *buf, size_t len,
                  "expected %u", nsrc, len, expect->nsrc);
         return MOX_ERR_PROTOCOL;
     }
-    if (get32(p + 24) != checksum(p, mox__wire_bytes(nsrc))) {
+    if (mox__get32(p + 24) != checksum(p, mox__wire_bytes(nsrc))) {
         snprintf(errbuf, errlen, "header checksum does not match");
         return MOX_ERR_PROTOCOL;
     }
@@ -107,7 +83,7 @@ mox_status_t mox__wire_decode(const void *buf, size_t len,
     }
     uint64_t total = 0;
     for (uint32_t i = 0; i < nsrc; i++) {
-        uint64_t c = get64(p + MOX_WIRE_FIXED_BYTES + 8 * (size_t)i);
+        uint64_t c = mox__get64(p + MOX_WIRE_FIXED_BYTES + 8 * (size_t)i);
         if (elem_bytes && c > (payload_max - total) / elem_bytes) {
             snprintf(errbuf, errlen, "entry %u counts %llu elements: more "
                      "than the %llu payload bytes allowed", i,

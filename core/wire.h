@@ -23,6 +23,42 @@ enum {
     MOX_WIRE_A2A_NET = 2     /* aggregator -> dest: counts per source */
 };
 
+/* Little-endian field access for headers that cross process boundaries. */
+static inline void mox__put32(unsigned char *p, uint32_t v)
+{
+    for (int i = 0; i < 4; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+static inline void mox__put64(unsigned char *p, uint64_t v)
+{
+    for (int i = 0; i < 8; i++)
+        p[i] = (unsigned char)(v >> (8 * i));
+}
+static inline uint32_t mox__get32(const unsigned char *p)
+{
+    uint32_t v = 0;
+    for (int i = 0; i < 4; i++)
+        v |= (uint32_t)p[i] << (8 * i);
+    return v;
+}
+static inline uint64_t mox__get64(const unsigned char *p)
+{
+    uint64_t v = 0;
+    for (int i = 0; i < 8; i++)
+        v |= (uint64_t)p[i] << (8 * i);
+    return v;
+}
+
+/* FNV-1a, 64-bit, continuing from h (start with MOX_FNV64_INIT). */
+#define MOX_FNV64_INIT UINT64_C(14695981039346656037)
+static inline uint64_t mox__fnv64(uint64_t h, const void *p, size_t n)
+{
+    const unsigned char *b = p;
+    for (size_t i = 0; i < n; i++)
+        h = (h ^ b[i]) * UINT64_C(1099511628211);
+    return h;
+}
+
 typedef struct {
     uint16_t kind;
     uint64_t seq;
