@@ -20,10 +20,11 @@
  *     than MOX_PLUGIN_V1_MIN_SIZE is rejected.
  *  4. Unused or unsupported entries are NULL; capabilities say what works.
  *
- * STATUS: v1 is complete but NOT yet released: the reduce-scatter and
- * allgather entries were appended at the end of mox_plugin_v1_t and the
- * abidiff baseline in packaging/abi/ regenerated (docs/abi.md, "Baseline
- * history"). From the first release tag on, v1 is frozen.
+ * STATUS: v1 was released with mox 0.1.0 (2026-11-25) and is FROZEN: it
+ * holds every collective of mox 0.1 (barrier, alltoall(v), MoE
+ * dispatch/combine, reduce-scatter dense/v/sparse, allgather(v)). The
+ * abidiff baseline in packaging/abi/ is its reference; anything new goes
+ * into plugin_v2.h beside this file.
  *
  * Conventions of every entry
  *  - Statuses are ints with the values of mox_status_t in mox.h (which are
