@@ -11,6 +11,7 @@
  */
 #include "core/dtype.h"
 #include "core/moe.h"
+#include "core/log.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -301,13 +302,22 @@ static mox_status_t progress(struct mox_req *req)
         if ((st = check_all(m->comm, s->precv, (size_t)s->L)) != MOX_OK)
             return st;
         s->phase = 2;
+        MOX_TRACE("moe", "combine %llu: partial rows in after %.3f ms",
+                  (unsigned long long)req->seq,
+                  (double)(mox__now_ns() - req->start_ns) / 1e6);
         if ((st = post_sums(req, s)) != MOX_OK)
             return st;
+        MOX_TRACE("moe", "combine %llu: sums sent after %.3f ms",
+                  (unsigned long long)req->seq,
+                  (double)(mox__now_ns() - req->start_ns) / 1e6);
     }
     if (!mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
     if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
         return st;
+    MOX_TRACE("moe", "combine %llu: all rows back after %.3f ms",
+              (unsigned long long)req->seq,
+              (double)(mox__now_ns() - req->start_ns) / 1e6);
     return finish_out(s);
 }
 
