@@ -58,20 +58,6 @@ static void usage(FILE *f)
         "(P-1)/P. Run under tools/mox-run or mpirun.\n");
 }
 
-static uint64_t parse_bytes(const char *s)
-{
-    char *end;
-    double v = strtod(s, &end);
-    switch (*end) {
-    case 'k': case 'K': v *= 1024; break;
-    case 'm': case 'M': v *= 1024 * 1024; break;
-    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; break;
-    case '\0': break;
-    default: return 0;
-    }
-    return v < 0 ? 0 : (uint64_t)v;
-}
-
 static int parse(int argc, char **argv, perf_opts_t *o)
 {
     static const struct option lo[] = {
@@ -88,8 +74,8 @@ static int parse(int argc, char **argv, perf_opts_t *o)
     while ((c = getopt_long(argc, argv, "c:b:e:f:n:w:d:o:h", lo, NULL)) != -1) {
         switch (c) {
         case 'c': o->coll = optarg; break;
-        case 'b': o->min_bytes = parse_bytes(optarg); break;
-        case 'e': o->max_bytes = parse_bytes(optarg); break;
+        case 'b': o->min_bytes = td_parse_bytes(optarg); break;
+        case 'e': o->max_bytes = td_parse_bytes(optarg); break;
         case 'f': o->factor = strtod(optarg, NULL); break;
         case 'n': o->iters = atoi(optarg); break;
         case 'w': o->warmup = atoi(optarg); break;
@@ -138,23 +124,12 @@ typedef struct {
     char *sb, *rb;
 } bufs_t;
 
-/* Elements src sends dst at this size: even for alltoall, 50..150 % of the
- * mean for alltoallv. */
-static uint64_t pair_count(const perf_opts_t *o, uint64_t mean, int src,
-                           int dst)
-{
-    if (o->coll[8] != 'v' || mean < 2)
-        return mean;
-    return mean / 2 + td_mix(mean * 31 + (uint64_t)src * 977 + (uint64_t)dst) %
-                          (mean + 1);
-}
-
 static void setup(const perf_opts_t *o, bufs_t *b, uint64_t mean)
 {
     uint64_t st = 0, rt = 0;
     for (int j = 0; j < b->P; j++) {
-        b->sc[j] = pair_count(o, mean, b->me, j);
-        b->rc[j] = pair_count(o, mean, j, b->me);
+        b->sc[j] = td_pair_count(mean, b->me, j, o->coll[8] == 'v');
+        b->rc[j] = td_pair_count(mean, j, b->me, o->coll[8] == 'v');
         b->sd[j] = st;
         b->rd[j] = rt;
         st += b->sc[j];

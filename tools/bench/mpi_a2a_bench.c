@@ -1,7 +1,7 @@
 /*
  * mpi-a2a-bench: MPI_Alltoall(v) timed exactly like mox-perf, for a
  * side-by-side comparison: same options, same nccl-tests columns and CSV
- * (impl "ompi"), same per-peer counts (pair_count) and the same seeded data
+ * (impl "ompi"), same per-peer counts (td_pair_count) and the same seeded data
  * (tools/common/testdata.h), checked after the timed iterations (#wrong).
  * Run under mpirun or tools/mox-run --mpi:
  *   mpi-a2a-bench -c alltoallv -b 1k -e 16M -f 4 --csv out.csv
@@ -46,23 +46,6 @@ static void usage(FILE *f)
         "tools/mox-run --mpi.\n");
 }
 
-static uint64_t parse_bytes(const char *s)
-{
-    char *end;
-    double v = strtod(s, &end);
-    if (end == s)
-        return 0;
-    switch (*end) {
-    case 'k': case 'K': v *= 1024; end++; break;
-    case 'm': case 'M': v *= 1024 * 1024; end++; break;
-    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; end++; break;
-    default: break;
-    }
-    if (*end != '\0')
-        return 0;
-    return v < 0 ? 0 : (uint64_t)v;
-}
-
 static int parse(int argc, char **argv, perf_opts_t *o)
 {
     static const struct option lo[] = {
@@ -76,8 +59,8 @@ static int parse(int argc, char **argv, perf_opts_t *o)
     while ((c = getopt_long(argc, argv, "c:b:e:f:n:w:h", lo, NULL)) != -1) {
         switch (c) {
         case 'c': o->coll = optarg; break;
-        case 'b': o->min_bytes = parse_bytes(optarg); break;
-        case 'e': o->max_bytes = parse_bytes(optarg); break;
+        case 'b': o->min_bytes = td_parse_bytes(optarg); break;
+        case 'e': o->max_bytes = td_parse_bytes(optarg); break;
         case 'f': o->factor = strtod(optarg, NULL); break;
         case 'n': o->iters = atoi(optarg); break;
         case 'w': o->warmup = atoi(optarg); break;
@@ -112,24 +95,13 @@ typedef struct {
     char *sb, *rb;
 } bufs_t;
 
-/* Elements src sends dst at this size: even for alltoall, 50..150 % of the
- * mean for alltoallv. Identical to mox-perf's pair_count(). */
-static uint64_t pair_count(const perf_opts_t *o, uint64_t mean, int src,
-                           int dst)
-{
-    if (o->coll[8] != 'v' || mean < 2)
-        return mean;
-    return mean / 2 + td_mix(mean * 31 + (uint64_t)src * 977 + (uint64_t)dst) %
-                          (mean + 1);
-}
-
 /* Counts and displacements for this size; -1 if they do not fit an int. */
 static int setup(const perf_opts_t *o, bufs_t *b, uint64_t mean)
 {
     uint64_t st = 0, rt = 0;
     for (int j = 0; j < b->P; j++) {
-        uint64_t s = pair_count(o, mean, b->me, j);
-        uint64_t r = pair_count(o, mean, j, b->me);
+        uint64_t s = td_pair_count(mean, b->me, j, o->coll[8] == 'v');
+        uint64_t r = td_pair_count(mean, j, b->me, o->coll[8] == 'v');
         if (st + s > INT_MAX || rt + r > INT_MAX)
             return -1;
         b->sc[j] = (int)s;

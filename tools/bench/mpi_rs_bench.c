@@ -8,6 +8,8 @@
  */
 #include <mpi.h>
 
+#include "testdata.h"
+
 #include <getopt.h>
 #include <math.h>
 #include <stdint.h>
@@ -37,20 +39,6 @@ static void usage(FILE *f)
         "algbw (P-1)/P; bound = (N-1)/N * size at G Gbit/s per node.\n");
 }
 
-static uint64_t parse_bytes(const char *s)
-{
-    char *end;
-    double v = strtod(s, &end);
-    switch (*end) {
-    case 'k': case 'K': v *= 1024; break;
-    case 'm': case 'M': v *= 1024 * 1024; break;
-    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; break;
-    case '\0': break;
-    default: return 0;
-    }
-    return v < 0 ? 0 : (uint64_t)v;
-}
-
 static int parse(int argc, char **argv, opts_t *o)
 {
     static const struct option lo[] = {
@@ -72,8 +60,8 @@ static int parse(int argc, char **argv, opts_t *o)
             if (o->dt < 0)
                 return -1;
             break;
-        case 'b': o->min_bytes = parse_bytes(optarg); break;
-        case 'e': o->max_bytes = parse_bytes(optarg); break;
+        case 'b': o->min_bytes = td_parse_bytes(optarg); break;
+        case 'e': o->max_bytes = td_parse_bytes(optarg); break;
         case 'f': o->factor = strtod(optarg, NULL); break;
         case 'n': o->iters = atoi(optarg); break;
         case 'w': o->warmup = atoi(optarg); break;

@@ -1,5 +1,6 @@
 #include "testdata.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 static uint64_t block_key(uint64_t seed, uint64_t iter, int src, int dst)
@@ -49,4 +50,27 @@ uint64_t td_count(uint64_t seed, uint64_t iter, int src, int dst,
     if ((int)(r % 100) < zero_pct || max_count == 0)
         return 0;
     return 1 + (r >> 8) % max_count;
+}
+
+uint64_t td_pair_count(uint64_t mean, int src, int dst, int uneven)
+{
+    if (!uneven || mean < 2)
+        return mean;
+    return mean / 2 +
+           td_mix(mean * 31 + (uint64_t)src * 977 + (uint64_t)dst) % (mean + 1);
+}
+
+uint64_t td_parse_bytes(const char *text)
+{
+    char *end;
+    double v = strtod(text, &end);
+    if (end == text)
+        return 0;
+    switch (*end) {
+    case 'k': case 'K': v *= 1024; end++; break;
+    case 'm': case 'M': v *= 1024 * 1024; end++; break;
+    case 'g': case 'G': v *= 1024.0 * 1024 * 1024; end++; break;
+    default: break;
+    }
+    return *end != '\0' || v < 0 ? 0 : (uint64_t)v;
 }

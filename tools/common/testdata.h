@@ -31,4 +31,14 @@ int64_t td_check(uint64_t seed, uint64_t iter, int src, int dst,
 uint64_t td_count(uint64_t seed, uint64_t iter, int src, int dst,
                   uint64_t max_count, int zero_pct);
 
+/* Elements src sends dst in the benchmarks' exchanges of `mean` elements
+ * per peer: exactly `mean`, or (uneven, alltoallv) 50..150 % of it. mox-perf
+ * and the Open MPI baselines share it so both move the same traffic
+ * (tools/bench/a2a-compare recomputes it for the link bound). */
+uint64_t td_pair_count(uint64_t mean, int src, int dst, int uneven);
+
+/* A byte size from the command line: "4096", "64k", "8M", "1G" (powers of
+ * 1024); 0 for anything else. */
+uint64_t td_parse_bytes(const char *text);
+
 #endif
