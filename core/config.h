@@ -78,13 +78,22 @@ typedef enum {
       "f32|bf16", 0, 0,                                                        \
       "MoE combine wire format when the handle's config says DEFAULT")         \
     X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",   \
-      "auto|flat|hier", 0, 0,                                                  \
-      "reduce-scatter algorithm: flat (direct, fixed rank order) or hier "     \
-      "(shm inside nodes, then rail peers); auto = hier on equal nodes")       \
+      "auto|flat|hier|rhalving", 0, 0,                                         \
+      "reduce-scatter algorithm: flat (direct, fixed rank order), hier (shm "  \
+      "inside nodes, then rail peers, pipelined) or rhalving (shm inside "     \
+      "nodes, then recursive halving among rail peers; all ranks on uneven "   \
+      "nodes); auto = rhalving up to MOX_RSAG_SMALL, else hier on equal "      \
+      "nodes, flat otherwise")                                                 \
     X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
-      "auto|flat|hier", 0, 0,                                                  \
-      "allgather algorithm: flat (direct) or hier (rail peers, then shm "      \
-      "forwarding); auto = hier on equal nodes")                               \
+      "auto|flat|hier|rdoubling", 0, 0,                                        \
+      "allgather algorithm: flat (direct), hier (rail peers, then shm "        \
+      "forwarding, pipelined) or rdoubling (recursive doubling among rail "    \
+      "peers, then shm; all ranks on uneven nodes); auto = rdoubling up to "   \
+      "MOX_RSAG_SMALL, else hier on equal nodes, flat otherwise")              \
+    X(rsag_small, "MOX_RSAG_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,              \
+      (int64_t)1 << 40,                                                        \
+      "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
+      "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
     X(rs_chunk_bytes, "MOX_RS_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 4096,     \
       (int64_t)1 << 34,                                                        \
       "reduce-scatter/allgather pipeline chunk (bytes of input per message); " \

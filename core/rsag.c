@@ -2,6 +2,7 @@
 #include "rsag.h"
 #include "wire.h"
 
+#include <stdlib.h>
 #include <string.h>
 
 int mox__grid_nodes_equal(const mox__comm_t *c)
@@ -31,6 +32,16 @@ void mox__grid_build(const mox__comm_t *c, int hier, mox__grid_t *g)
         g->row = 0;
         g->col = c->rank;
     }
+}
+
+void mox__grid_build_column(const mox__comm_t *c, mox__grid_t *g)
+{
+    g->N = c->size;
+    g->L = 1;
+    for (int r = 0; r < c->size; r++)
+        g->rank[r] = r;
+    g->row = c->rank;
+    g->col = 0;
 }
 
 uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,
@@ -93,4 +104,48 @@ mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
                          (unsigned long long)mine->total,
                          (unsigned long long)mine->mine);
     return MOX_OK;
+}
+
+mox_status_t mox__rsag_isend_hdr(mox__comm_t *c, int peer, uint64_t tag,
+                                 const void *hdr, const void *data,
+                                 size_t bytes, mox__iov_t iov[2],
+                                 void **stage, mox__treq_t *r)
+{
+    iov[0] = (mox__iov_t){hdr, MOX_RSAG_HDR_BYTES};
+    iov[1] = (mox__iov_t){data, bytes};
+    size_t total = MOX_RSAG_HDR_BYTES + bytes;
+    mox_status_t st = mox__isendv(c, peer, tag, iov, bytes ? 2 : 1, total, r);
+    if (st != MOX_ERR_UNSUPPORTED)
+        return st;
+    char *p = malloc(total);
+    if (!p)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "no memory to stage %zu "
+                         "bytes for rank %d", total, peer);
+    memcpy(p, hdr, MOX_RSAG_HDR_BYTES);
+    if (bytes)
+        memcpy(p + MOX_RSAG_HDR_BYTES, data, bytes);
+    *stage = p;
+    return mox__isend(c, peer, tag, p, total, r);
+}
+
+mox_status_t mox__rsag_recv_hdr(mox__comm_t *c, const char *what,
+                                mox__treq_t *r, const void *buf,
+                                const mox__rsag_hdr_t *mine)
+{
+    if (r->status == MOX_ERR_TRUNCATED)
+        return mox__fail(c, MOX_ERR_MISMATCH, "%s: rank %d and rank %d "
+                         "disagree on counts, dtype, op or block size (rank "
+                         "%d sent a longer message than rank %d expects)",
+                         what, r->peer, c->rank, r->peer, c->rank);
+    mox_status_t st = mox__treq_check(c, r, what);
+    if (st != MOX_OK)
+        return st;
+    if (r->bytes < MOX_RSAG_HDR_BYTES)
+        return mox__fail(c, MOX_ERR_PROTOCOL, "%s: malformed agreement "
+                         "header from rank %d (%zu bytes)", what, r->peer,
+                         r->bytes);
+    st = mox__rsag_hdr_check(c, what, r->peer, buf, MOX_RSAG_HDR_BYTES, mine);
+    if (st == MOX_OK)
+        r->bytes -= MOX_RSAG_HDR_BYTES;
+    return st;
 }

@@ -12,8 +12,9 @@
 #include <stdint.h>
 #include "comm.h"
 
-/* Values of MOX_REDUCE_SCATTER_ALGO / MOX_ALLGATHER_ALGO. */
-enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER };
+/* Values of MOX_REDUCE_SCATTER_ALGO / MOX_ALLGATHER_ALGO (LOG: rhalving
+ * for reduce-scatter, rdoubling for allgather). */
+enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER, MOX_RSAG_LOG };
 
 /*
  * Ranks as an N x L grid: row n, column l is grid[n * L + l]. hier: rows
@@ -29,6 +30,9 @@ typedef struct {
 int mox__grid_nodes_equal(const mox__comm_t *c);
 /* Fill g (g->rank must hold size ints) as hier or flat. */
 void mox__grid_build(const mox__comm_t *c, int hier, mox__grid_t *g);
+/* Fill g as one column of all ranks (N = size, L = 1, rank order): the
+ * grid of the latency algorithms on one node or on nodes of unequal size. */
+void mox__grid_build_column(const mox__comm_t *c, mox__grid_t *g);
 
 /* Elements per pipeline chunk for elements of `elem_bytes` (MOX_RS_CHUNK_SIZE),
  * a multiple of `align` elements (>= 1). */
@@ -83,5 +87,28 @@ void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf);
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
                                  const void *buf, size_t len,
                                  const mox__rsag_hdr_t *mine);
+
+/*
+ * The header rides in front of the first message each rank sends each grid
+ * peer (no message of its own: on 8 ranks over 4 nodes that halves the
+ * messages of a small collective). mox__rsag_isend_hdr sends `hdr`
+ * (MOX_RSAG_HDR_BYTES) then `bytes` of `data` as one message: a gather
+ * send where the transport has one (iov[2] must then live until the send
+ * is done), else a copy into *stage (malloc'd; the caller frees it after
+ * the send is done).
+ */
+mox_status_t mox__rsag_isend_hdr(mox__comm_t *c, int peer, uint64_t tag,
+                                 const void *hdr, const void *data,
+                                 size_t bytes, mox__iov_t iov[2],
+                                 void **stage, mox__treq_t *r);
+/*
+ * Check a completed first message (header + payload, received at `buf`):
+ * the transfer, the header's length and agreement. On success r->bytes
+ * becomes the payload's length, so the caller checks the payload as any
+ * other message. A message longer than the receive is MOX_ERR_MISMATCH.
+ */
+mox_status_t mox__rsag_recv_hdr(mox__comm_t *c, const char *what,
+                                mox__treq_t *r, const void *buf,
+                                const mox__rsag_hdr_t *mine);
 
 #endif

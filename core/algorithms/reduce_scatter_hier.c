@@ -19,9 +19,11 @@
  *
  * Sparse mode: every message is a bitmap of the blocks it carries followed
  * by those blocks; partials start at zero and absent blocks are skipped.
- * Every rank also exchanges an agreement header (counts, type, op) with its
- * row and column peers: by transitivity along rows and columns all ranks
- * agree, or some pair reports MOX_ERR_MISMATCH naming both.
+ * The first message every rank sends each row and column peer starts with
+ * an agreement header (counts, type, op; a header alone when there is no
+ * data for that peer): by transitivity along rows and columns all ranks
+ * agree, or some pair reports MOX_ERR_MISMATCH naming both. A segment is
+ * reduced only once the headers of all its contributors have been checked.
  */
 #include "core/comm.h"
 #include "core/dtype.h"
@@ -31,7 +33,9 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STEP_HDR = 1, STEP_ROW = 2, STEP_COL = 3 };
+enum { STEP_ROW = 2, STEP_COL = 3 };
+
+#define HDR MOX_RSAG_HDR_BYTES
 
 /* Sparse messages start with 64-bit bitmap words: keep every slot and
  * packed message 8-byte aligned. */
@@ -39,7 +43,7 @@ enum { STEP_HDR = 1, STEP_ROW = 2, STEP_COL = 3 };
 
 typedef struct {
     mox_status_t start_error;
-    int hdr_checked;
+    int col_hdr_checked;
     mox__grid_t g;
     int P, me;
     mox_dtype_t dt, acc_t;
@@ -58,8 +62,12 @@ typedef struct {
     uint64_t *slice_off;           /* [N+1] */
     uint32_t *slice_seg;           /* [N+1] */
     uint32_t nss;                  /* segments of the slice */
+    uint32_t nsr, ncr;             /* messages from each row peer (nss, at
+                                      least 1) and column peer (my block's
+                                      segments, at least 1) */
     size_t *slot1;                 /* [nss+1] byte offset of a segment in a
-                                      row peer's receive area */
+                                      row peer's receive area, after the
+                                      header that starts the area */
     size_t *slot2;                 /* [my segments + 1], column partials */
     char *acc;                     /* slice, accumulator type */
     char *rx1;                     /* (L-1) row peers' contributions */
@@ -70,12 +78,12 @@ typedef struct {
     uint8_t *seg_done;             /* [nss] reduced over the row */
     uint32_t *cursor;              /* [N] next segment to send down rail */
     mox__rsag_hdr_t hdr;
-    unsigned char hdr_out[MOX_RSAG_HDR_BYTES];
-    unsigned char *hdr_in;         /* [L-1 + N-1][HDR_BYTES] */
-    int nhdr;
+    unsigned char hdr_out[HDR];
+    uint8_t *row_hdr_ok;           /* [L-1] row peer's header checked */
+    mox__iov_t (*hiov)[2];         /* [L-1 + N-1] header sends' pieces */
+    void **stage;                  /* [L-1 + N-1] their copies, if any */
     mox__treq_t *t;
-    mox__treq_t *hdr_send, *hdr_recv, *row_recv, *row_send, *col_send,
-        *col_recv;
+    mox__treq_t *row_recv, *row_send, *col_send, *col_recv;
     size_t nt, n_row_send, n_col_send;
     void *mem;                     /* buffers, one allocation */
 } rs_t;
@@ -83,9 +91,15 @@ typedef struct {
 static void free_state(struct mox_req *req)
 {
     rs_t *s = req->state;
-    if (s)
-        free(s->mem);
+    if (!s || !s->mem)
+        return;
+    for (int i = 0; i < s->g.L - 1 + s->g.N - 1; i++)
+        free(s->stage[i]);
+    free(s->mem);
 }
+
+/* Messages for `nseg` segments: a header alone when there is no data. */
+static uint32_t nmsg(uint32_t nseg) { return nseg ? nseg : 1; }
 
 /* Rank owning slice block n; segment k of a rank's block. */
 static int owner(const rs_t *s, int n) { return s->g.rank[n * s->g.L + s->g.col]; }
@@ -218,7 +232,7 @@ static mox_status_t reduce_row(mox__comm_t *c, rs_t *s, uint32_t ss)
             src = s->in + el0 * s->esz;
         } else {
             const mox__treq_t *q =
-                &s->row_recv[(size_t)peer_idx(s, l) * s->nss + ss];
+                &s->row_recv[(size_t)peer_idx(s, l) * s->nsr + ss];
             src = s->rx1 + (size_t)peer_idx(s, l) * s->slot1[s->nss] +
                   s->slot1[ss];
             mox_status_t st = s->be ? mox__treq_check(c, q, "reduce_scatter "
@@ -259,7 +273,7 @@ static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
         int r = owner(s, n);
         uint32_t nseg = s->slice_seg[n + 1] - s->slice_seg[n];
         size_t base = i;
-        i += nseg;
+        i += nmsg(nseg);
         while (s->cursor[n] < nseg &&
                s->seg_done[s->slice_seg[n] + s->cursor[n]]) {
             uint32_t k = s->cursor[n]++;
@@ -276,8 +290,12 @@ static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
                     len * s->asz > bytes ? len * s->asz - bytes : 0;
                 src = dst;
             }
-            mox_status_t st = mox__isend(c, r, tag, src, bytes,
-                                         &s->col_send[base + k]);
+            int h = s->g.L - 1 + (n < s->g.row ? n : n - 1);
+            mox_status_t st =
+                k ? mox__isend(c, r, tag, src, bytes, &s->col_send[base + k])
+                  : mox__rsag_isend_hdr(c, r, tag, s->hdr_out, src, bytes,
+                                        s->hiov[h], &s->stage[h],
+                                        &s->col_send[base]);
             if (st != MOX_OK)
                 return st;
         }
@@ -304,7 +322,7 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
                     src = res + (uint64_t)k * s->chunk * s->asz;
                 } else {
                     int ni = n < s->g.row ? n : n - 1;
-                    const mox__treq_t *q = &s->col_recv[(size_t)ni * nseg + k];
+                    const mox__treq_t *q = &s->col_recv[(size_t)ni * s->ncr + k];
                     src = s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[k];
                     mox_status_t st = s->be ? mox__treq_check(c, q,
                                               "reduce_scatter receive")
@@ -347,19 +365,37 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
     return MOX_OK;
 }
 
-static mox_status_t check_headers(mox__comm_t *c, rs_t *s)
+/* Headers that start the first message of each row peer, as they come. */
+static mox_status_t check_row_headers(mox__comm_t *c, rs_t *s)
 {
-    for (int h = 0; h < s->nhdr; h++) {
-        mox_status_t st = mox__treq_check(c, &s->hdr_recv[h],
-                                          "reduce_scatter header");
-        if (st == MOX_OK)
-            st = mox__rsag_hdr_check(c, "reduce_scatter",
-                                     s->hdr_recv[h].peer,
-                                     s->hdr_in + (size_t)h * MOX_RSAG_HDR_BYTES,
-                                     s->hdr_recv[h].bytes, &s->hdr);
+    for (int p = 0; p < s->g.L - 1; p++) {
+        mox__treq_t *q = &s->row_recv[(size_t)p * s->nsr];
+        if (s->row_hdr_ok[p] || !q->done)
+            continue;
+        mox_status_t st = mox__rsag_recv_hdr(
+            c, "reduce_scatter", q,
+            s->rx1 + (size_t)p * s->slot1[s->nss] + s->slot1[0] - HDR,
+            &s->hdr);
+        if (st != MOX_OK)
+            return st;
+        s->row_hdr_ok[p] = 1;
+    }
+    return MOX_OK;
+}
+
+/* Headers of the column peers (all here): before their partials are read. */
+static mox_status_t check_col_headers(mox__comm_t *c, rs_t *s)
+{
+    uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
+    for (int ni = 0; ni < s->g.N - 1 && !s->col_hdr_checked; ni++) {
+        mox_status_t st = mox__rsag_recv_hdr(
+            c, "reduce_scatter", &s->col_recv[(size_t)ni * s->ncr],
+            s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[0] - HDR,
+            &s->hdr);
         if (st != MOX_OK)
             return st;
     }
+    s->col_hdr_checked = 1;
     return MOX_OK;
 }
 
@@ -378,20 +414,16 @@ static mox_status_t progress(struct mox_req *req)
     mox_status_t st = s->start_error;
     if (st != MOX_OK)
         return st;
-    if (!s->hdr_checked && all_done(s->hdr_recv, (size_t)s->nhdr)) {
-        if ((st = check_headers(c, s)) != MOX_OK)
-            return st;
-        s->hdr_checked = 1;
-    }
-    if (!s->hdr_checked)
-        return MOX_IN_PROGRESS;
+    if ((st = check_row_headers(c, s)) != MOX_OK)
+        return st;
     int pending = 0;
     for (uint32_t ss = 0; ss < s->nss; ss++) {
         if (s->seg_done[ss])
             continue;
         int ready = 1;
         for (int p = 0; p < s->g.L - 1 && ready; p++)
-            ready = s->row_recv[(size_t)p * s->nss + ss].done;
+            ready = s->row_hdr_ok[p] &&
+                    s->row_recv[(size_t)p * s->nsr + ss].done;
         if (!ready) {
             pending = 1;
             continue;
@@ -404,7 +436,11 @@ static mox_status_t progress(struct mox_req *req)
         return st;
     if (pending || !all_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
-    st = mox__treqs_check(c, s->row_send, s->n_row_send,
+    st = check_row_headers(c, s); /* those that completed just now */
+    if (st == MOX_OK)
+        st = check_col_headers(c, s);
+    if (st == MOX_OK)
+        st = mox__treqs_check(c, s->row_send, s->n_row_send,
                           "reduce_scatter send");
     if (st == MOX_OK)
         st = mox__treqs_check(c, s->col_send, s->n_col_send,
@@ -414,43 +450,33 @@ static mox_status_t progress(struct mox_req *req)
     return st;
 }
 
-/* Post headers, row receives and sends, and column receives. */
+/* Post row receives and sends, column receives, and the header-only
+ * column sends to owners of empty blocks. */
 static mox_status_t post_initial(struct mox_req *req, rs_t *s)
 {
     mox__comm_t *c = req->comm;
     mox_status_t st = MOX_OK;
-    int h = 0;
-    for (int i = 1; i < s->g.L + s->g.N - 1 && st == MOX_OK; i++) {
-        int peer = i < s->g.L
-                       ? s->g.rank[s->g.row * s->g.L + (s->g.col + i) % s->g.L]
-                       : s->g.rank[((s->g.row + i - s->g.L + 1) % s->g.N) *
-                                   s->g.L + s->g.col];
-        st = mox__irecv(c, peer, mox__tag(req->seq, STEP_HDR),
-                        s->hdr_in + (size_t)h * MOX_RSAG_HDR_BYTES,
-                        MOX_RSAG_HDR_BYTES, &s->hdr_recv[h]);
-        if (st == MOX_OK)
-            st = mox__isend(c, peer, mox__tag(req->seq, STEP_HDR),
-                            s->hdr_out, MOX_RSAG_HDR_BYTES, &s->hdr_send[h]);
-        h++;
-    }
     uint64_t tag = mox__tag(req->seq, STEP_ROW);
     for (int l = 0; l < s->g.L && st == MOX_OK; l++) {
         if (l == s->g.col)
             continue;
         int peer = s->g.rank[s->g.row * s->g.L + l], p = peer_idx(s, l);
-        for (uint32_t ss = 0; ss < s->nss && st == MOX_OK; ss++)
-            st = mox__irecv(c, peer, tag,
-                            s->rx1 + (size_t)p * s->slot1[s->nss] +
-                                s->slot1[ss],
-                            s->slot1[ss + 1] - s->slot1[ss],
-                            &s->row_recv[(size_t)p * s->nss + ss]);
+        char *area = s->rx1 + (size_t)p * s->slot1[s->nss];
+        for (uint32_t ss = 0; ss < s->nsr && st == MOX_OK; ss++) {
+            size_t len = ss < s->nss ? s->slot1[ss + 1] - s->slot1[ss] : 0;
+            size_t hdr = ss ? 0 : HDR;
+            st = mox__irecv(c, peer, tag, area + s->slot1[ss] - hdr,
+                            len + hdr, &s->row_recv[(size_t)p * s->nsr + ss]);
+        }
     }
-    /* Row sends, starting with the next column so ranks spread out. */
+    /* Row sends, starting with the next column so ranks spread out; the
+     * first message to each peer carries the header. */
     size_t i = 0;
     char *pk = s->pack1;
     for (int d = 1; d < s->g.L && st == MOX_OK; d++) {
         int l = (s->g.col + d) % s->g.L;
-        int peer = s->g.rank[s->g.row * s->g.L + l];
+        int peer = s->g.rank[s->g.row * s->g.L + l], h = peer_idx(s, l);
+        size_t first = i;
         for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
             int r = s->g.rank[n * s->g.L + l];
             uint32_t nseg = mox__rsag_nseg(s->count[r], s->chunk);
@@ -467,9 +493,19 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
                     src = pk;
                     pk += ALIGN8(bytes);
                 }
-                st = mox__isend(c, peer, tag, src, bytes, &s->row_send[i++]);
+                st = i > first
+                         ? mox__isend(c, peer, tag, src, bytes,
+                                      &s->row_send[i])
+                         : mox__rsag_isend_hdr(c, peer, tag, s->hdr_out, src,
+                                               bytes, s->hiov[h],
+                                               &s->stage[h], &s->row_send[i]);
+                i++;
             }
         }
+        if (i == first && st == MOX_OK)
+            st = mox__rsag_isend_hdr(c, peer, tag, s->hdr_out, NULL, 0,
+                                     s->hiov[h], &s->stage[h],
+                                     &s->row_send[i++]);
     }
     /* Column partials of my block, from every other row. */
     uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
@@ -477,12 +513,29 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
         if (n == s->g.row)
             continue;
         int ni = n < s->g.row ? n : n - 1;
-        for (uint32_t k = 0; k < nseg && st == MOX_OK; k++)
+        char *area = s->rx2 + (size_t)ni * s->slot2[nseg];
+        for (uint32_t k = 0; k < s->ncr && st == MOX_OK; k++) {
+            size_t len = k < nseg ? s->slot2[k + 1] - s->slot2[k] : 0;
+            size_t hdr = k ? 0 : HDR;
             st = mox__irecv(c, s->g.rank[n * s->g.L + s->g.col],
                             mox__tag(req->seq, STEP_COL),
-                            s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[k],
-                            s->slot2[k + 1] - s->slot2[k],
-                            &s->col_recv[(size_t)ni * nseg + k]);
+                            area + s->slot2[k] - hdr, len + hdr,
+                            &s->col_recv[(size_t)ni * s->ncr + k]);
+        }
+    }
+    /* Owners of empty blocks get their header alone, now. */
+    size_t base = 0;
+    for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
+        if (n == s->g.row)
+            continue;
+        uint32_t ns = s->slice_seg[n + 1] - s->slice_seg[n];
+        int h = s->g.L - 1 + (n < s->g.row ? n : n - 1);
+        if (!ns)
+            st = mox__rsag_isend_hdr(c, owner(s, n),
+                                     mox__tag(req->seq, STEP_COL), s->hdr_out,
+                                     NULL, 0, s->hiov[h], &s->stage[h],
+                                     &s->col_send[base]);
+        base += nmsg(ns);
     }
     return st;
 }
@@ -505,7 +558,9 @@ static size_t layout(rs_t *s, char *base)
     PLACE(slot2, ((size_t)my_nseg + 1) * sizeof(size_t));
     PLACE(pack2_off, ((size_t)s->nss + 1) * sizeof(size_t));
     PLACE(seg_done, s->nss);
-    PLACE(hdr_in, (size_t)s->nhdr * MOX_RSAG_HDR_BYTES);
+    PLACE(row_hdr_ok, L - 1);
+    PLACE(hiov, (size_t)(L - 1 + N - 1) * sizeof *s->hiov);
+    PLACE(stage, (size_t)(L - 1 + N - 1) * sizeof *s->stage);
     PLACE(acc, slice * s->asz);
     PLACE(fin, N > 1 ? mine * s->asz : 0);
     if (s->be) {
@@ -515,8 +570,9 @@ static size_t layout(rs_t *s, char *base)
         PLACE(in_mask, (total / s->be + 63) / 64 * 8);
         PLACE(acc_mask, (slice / s->be + 63) / 64 * 8);
     }
-    /* Receive areas: a bitmap before every sparse segment. */
-    size_t row_area = 0, col_area = 0, pack2 = 0;
+    /* Receive areas: the header first, a bitmap before every sparse
+     * segment. */
+    size_t row_area = HDR, col_area = HDR, pack2 = 0;
     for (int n = 0; n < N; n++) {
         int r = owner(s, n);
         for (uint32_t k = 0; k < s->slice_seg[n + 1] - s->slice_seg[n]; k++) {
@@ -578,16 +634,21 @@ static void plan(rs_t *s)
     }
     s->nss = s->slice_seg[N];
     s->n_row_send = 0;
-    for (int l = 0; l < L; l++)
+    for (int l = 0; l < L; l++) {
+        uint32_t peer_nss = 0;
         for (int n = 0; n < N && l != s->g.col; n++)
-            s->n_row_send += mox__rsag_nseg(s->count[s->g.rank[n * L + l]],
-                                            s->chunk);
-    s->n_col_send = s->nss - (s->slice_seg[s->g.row + 1] -
-                              s->slice_seg[s->g.row]);
-    s->nhdr = L - 1 + N - 1;
-    s->nt = 2 * (size_t)s->nhdr + (size_t)(L - 1) * s->nss + s->n_row_send +
-            s->n_col_send +
-            (size_t)(N - 1) * mox__rsag_nseg(s->count[s->me], s->chunk);
+            peer_nss += mox__rsag_nseg(s->count[s->g.rank[n * L + l]],
+                                       s->chunk);
+        s->n_row_send += l != s->g.col ? nmsg(peer_nss) : 0;
+    }
+    s->n_col_send = 0;
+    for (int n = 0; n < N; n++)
+        if (n != s->g.row)
+            s->n_col_send += nmsg(s->slice_seg[n + 1] - s->slice_seg[n]);
+    s->nsr = nmsg(s->nss);
+    s->ncr = nmsg(mox__rsag_nseg(s->count[s->me], s->chunk));
+    s->nt = (size_t)(L - 1) * s->nsr + s->n_row_send + s->n_col_send +
+            (size_t)(N - 1) * s->ncr;
 }
 
 mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
@@ -635,10 +696,8 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
     layout(s, s->mem);
     for (uint64_t i = 0; s->be && i < a->nblocks; i++)
         set_bit(s->in_mask, a->blocks[i]);
-    s->hdr_send = s->t;
-    s->hdr_recv = s->hdr_send + s->nhdr;
-    s->row_recv = s->hdr_recv + s->nhdr;
-    s->row_send = s->row_recv + (size_t)(s->g.L - 1) * s->nss;
+    s->row_recv = s->t;
+    s->row_send = s->row_recv + (size_t)(s->g.L - 1) * s->nsr;
     s->col_send = s->row_send + s->n_row_send;
     s->col_recv = s->col_send + s->n_col_send;
     s->hdr = (mox__rsag_hdr_t){

@@ -399,4 +399,5 @@ const mox__transport_ops_t mox__tp_ucx_ops = {
     .irecv = ucxt_irecv,
     .progress = ucxt_progress,
     .cancel = ucxt_cancel,
+    .isendv = ucxt_isendv,
 };

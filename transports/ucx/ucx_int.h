@@ -60,6 +60,9 @@ void ucxt_close_ep(struct mox__transport *tp, ucxt_peer_t *p, int force);
 /* ucx_msg.c */
 mox_status_t ucxt_isend(struct mox__transport *tp, int peer, uint64_t tag,
                         const void *buf, size_t bytes, mox__treq_t *req);
+mox_status_t ucxt_isendv(struct mox__transport *tp, int peer, uint64_t tag,
+                         const mox__iov_t *iov, size_t iovcnt, size_t bytes,
+                         mox__treq_t *r);
 mox_status_t ucxt_irecv(struct mox__transport *tp, int peer, uint64_t tag,
                         void *buf, size_t capacity, mox__treq_t *req);
 int ucxt_progress(struct mox__transport *tp);
