@@ -81,9 +81,9 @@ typedef enum {
       "auto|flat|hier|rhalving", 0, 0,                                         \
       "reduce-scatter algorithm: flat (direct, fixed rank order), hier (shm "  \
       "inside nodes, then rail peers, pipelined) or rhalving (shm inside "     \
-      "nodes, then recursive halving among rail peers; all ranks on uneven "   \
-      "nodes); auto = rhalving up to MOX_RSAG_SMALL, else hier on equal "      \
-      "nodes, flat otherwise")                                                 \
+      "nodes, then recursive halving among rail peers; all ranks on one or "   \
+      "uneven nodes); auto = rhalving across nodes up to MOX_RSAG_SMALL, "     \
+      "else hier on equal nodes, flat otherwise")                              \
     X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
       "auto|flat|hier|rdoubling", 0, 0,                                        \
       "allgather algorithm: flat (direct), hier (rail peers, then shm "        \

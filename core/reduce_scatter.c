@@ -1,6 +1,7 @@
-/* mox_reduce_scatter(_v, _sparse): argument checks and algorithm choice.
- * The algorithm is core/algorithms/reduce_scatter_hier.c, run on a grid of
- * nodes x local ranks (hier) or on one row of all ranks (flat). */
+/* mox_reduce_scatter(_v, _sparse): argument checks and algorithm choice:
+ * core/algorithms/reduce_scatter_hier.c on a grid of nodes x local ranks
+ * (hier) or on one row of all ranks (flat), or, for small vectors,
+ * core/algorithms/reduce_scatter_rhalving.c (recursive halving). */
 #include "comm.h"
 #include "dtype.h"
 #include "log.h"
@@ -31,12 +32,27 @@ static int choose_hier(const mox__comm_t *c, int64_t algo, const char *coll)
 static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
                           mox_req_t *out)
 {
-    a->hier = choose_hier(c, c->cfg.reduce_scatter_algo, "reduce_scatter");
+    int64_t algo = c->cfg.reduce_scatter_algo;
+    /* rhalving is dense only: sparse vectors keep their own messages. */
+    /* On one node the direct shm exchange is faster than log2(P) steps
+     * (measured on 1 x 8), so auto takes rhalving across nodes only. */
+    int log = !a->block_elems &&
+              (algo == MOX_RSAG_LOG ||
+               (algo == MOX_RSAG_AUTO && c->topo.num_nodes > 1 &&
+                total * mox__dtype_size(a->dtype) <=
+                    (uint64_t)c->cfg.rsag_small));
+    if (algo == MOX_RSAG_LOG && a->block_elems)
+        MOX_DEBUG("reduce_scatter", "rhalving is dense only; sparse uses "
+                  "the pipelined algorithm");
+    a->hier = choose_hier(c, log ? MOX_RSAG_AUTO : algo, "reduce_scatter");
+    a->grid = a->hier ? MOX_RSAG_GRID_NODES : MOX_RSAG_GRID_COLUMN;
     const char *name = a->block_elems
                            ? (a->hier ? "reduce_scatter_sparse_hier"
                                       : "reduce_scatter_sparse_flat")
-                           : (a->hier ? "reduce_scatter_hier"
-                                      : "reduce_scatter_flat");
+                       : log ? (a->hier ? "reduce_scatter_rhalving_hier"
+                                        : "reduce_scatter_rhalving")
+                             : (a->hier ? "reduce_scatter_hier"
+                                        : "reduce_scatter_flat");
     struct mox_req *req;
     mox_status_t st = mox__req_new(c, name, &req);
     if (st != MOX_OK)
@@ -45,7 +61,8 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
               "%d nodes", (unsigned long long)req->seq, name,
               (unsigned long long)total, mox__dtype_name(a->dtype),
               mox__op_name(a->op), c->topo.num_nodes);
-    st = mox__reduce_scatter_hier(req, a);
+    st = log ? mox__reduce_scatter_rhalving(req, a)
+             : mox__reduce_scatter_hier(req, a);
     if (st != MOX_OK) {
         mox__req_abort(req, st);
         return st;

@@ -26,6 +26,10 @@ typedef struct {
     int *rank;   /* [N * L], owned by the algorithm's state */
 } mox__grid_t;
 
+/* Grids of the latency algorithms: nodes x local ranks, or one column of
+ * all ranks (one node, or nodes of unequal size). */
+enum { MOX_RSAG_GRID_FLAT, MOX_RSAG_GRID_NODES, MOX_RSAG_GRID_COLUMN };
+
 /* 1 when the communicator's nodes all have the same number of ranks. */
 int mox__grid_nodes_equal(const mox__comm_t *c);
 /* Fill g (g->rank must hold size ints) as hier or flat. */
@@ -52,7 +56,8 @@ typedef struct {
     uint64_t block_elems;    /* sparse: block size; 0 = dense */
     const uint64_t *blocks;  /* sparse: present blocks, ascending */
     uint64_t nblocks;
-    int hier;
+    int hier;                /* hier algorithm: node grid, else flat */
+    int grid;                /* rhalving: MOX_RSAG_GRID_* */
 } mox__rs_args_t;
 
 typedef struct {
@@ -65,6 +70,8 @@ typedef struct {
 
 mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
                                       const mox__rs_args_t *a);
+mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
+                                          const mox__rs_args_t *a);
 mox_status_t mox__allgather_hier(struct mox_req *req,
                                  const mox__ag_args_t *a);
 

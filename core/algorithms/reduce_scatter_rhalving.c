@@ -1,0 +1,442 @@
+/*
+ * Reduce-scatter for small vectors: few messages, few steps.
+ *
+ * On a grid of N rows x L columns (core/rsag.h: nodes x local ranks on
+ * nodes of equal size, else one column of all ranks):
+ *  1. row (shm for hier): every rank sends each row peer, packed in one
+ *     message, the blocks of that peer's column ("rail slice"), and
+ *     reduces the L contributions to its own slice in column order;
+ *  2. column (rail peers, the network for hier): recursive halving over
+ *     the N row blocks of the slice. With N2 the largest power of two
+ *     <= N, rows n >= N2 first fold their slice into row n - N2 and get
+ *     their block back from it at the end; the N2 others halve: at
+ *     distance d = N2/2 .. 1, virtual row v keeps the half of its range
+ *     that holds v, sends the other half to v ^ d and adds what v ^ d
+ *     sends for its own half.
+ * A rank sends L - 1 + log2(N2) messages (+1 with folding) where the
+ * pipelined algorithm (reduce_scatter_hier.c) sends L - 1 + N - 1 headers
+ * and chunks; nothing is pipelined, so it is meant for small vectors.
+ *
+ * The slice is laid out by virtual row (row v, then row v + N2), so every
+ * half is contiguous and goes out as it lies. Every message starts with
+ * the agreement header (rsag.h); the ranks that talk form a connected
+ * graph, so all agree or some pair fails with MOX_ERR_MISMATCH. The
+ * reduction tree is fixed by the grid, so results are bitwise
+ * reproducible; all ops are commutative, so acc op partner is exact
+ * whichever side computes it.
+ */
+#include "core/comm.h"
+#include "core/dtype.h"
+#include "core/reduce.h"
+#include "core/rsag.h"
+
+#include <stdlib.h>
+#include <string.h>
+
+#define HDR MOX_RSAG_HDR_BYTES
+enum { STEP_ROW = 1, STEP_FOLD = 2, STEP_UNFOLD = 3, STEP_HALVE = 8 };
+
+typedef struct {
+    mox_status_t start_error;
+    mox__grid_t g;
+    int P, me, N2, nsteps, step; /* step: next halving step to run */
+    int phase;                   /* see enum below */
+    mox_dtype_t dt, acc_t;
+    mox_op_t op;
+    size_t esz, asz;
+    const char *in;
+    char *out;
+    uint64_t *count, *displ;     /* [P] */
+    int *vrow;                   /* [N] rows in slice order */
+    int *vpos;                   /* [N] row -> index in vrow */
+    uint64_t *voff;              /* [N+1] slice offsets, in slice order */
+    char *acc;                   /* my slice, accumulator type */
+    char *tx;                    /* packed row sends, header first */
+    size_t *tx_off;              /* [L] */
+    char *rx_row;                /* (L-1) x (HDR + my slice in dt) */
+    char *rx_fold;               /* HDR + slice, or HDR + my block (extra) */
+    char *rx_step;               /* HDR + half, per step */
+    size_t *rx_step_off;         /* [nsteps] */
+    unsigned char hdr_out[HDR];
+    mox__rsag_hdr_t hdr;
+    mox__iov_t (*hiov)[2];       /* [nsteps + 2] */
+    void **stage;                /* [nsteps + 2] */
+    mox__treq_t *t, *row_recv, *row_send, *step_recv, *step_send;
+    mox__treq_t *fold_recv, *fold_send;
+    size_t nt;
+    void *mem;
+} rh_t;
+
+enum { PH_ROW, PH_FOLD, PH_HALVE, PH_DONE };
+
+static void free_state(struct mox_req *req)
+{
+    rh_t *s = req->state;
+    if (!s || !s->mem)
+        return;
+    for (int i = 0; i < s->nsteps + 2; i++)
+        free(s->stage[i]);
+    free(s->mem);
+}
+
+static int rank_at(const rh_t *s, int n, int l) { return s->g.rank[n * s->g.L + l]; }
+static uint64_t slice_of(const rh_t *s, int l)
+{
+    uint64_t n = 0;
+    for (int r = 0; r < s->g.N; r++)
+        n += s->count[rank_at(s, r, l)];
+    return n;
+}
+/* Index in slice order of the first row of virtual row v: rows v and
+ * v + N2 (when it exists) are adjacent. */
+static int vfirst(const rh_t *s, int v)
+{
+    int extra = s->g.N - s->N2; /* virtual rows 0..extra-1 have two rows */
+    return v <= extra ? 2 * v : extra + v;
+}
+
+static uint64_t vbegin(const rh_t *s, int v) { return s->voff[vfirst(s, v)]; }
+
+/* Check a completed message with the header in front and `want` payload
+ * bytes. */
+static mox_status_t check_msg(mox__comm_t *c, rh_t *s, mox__treq_t *r,
+                              const void *buf, size_t want)
+{
+    mox_status_t st = mox__rsag_recv_hdr(c, "reduce_scatter", r, buf, &s->hdr);
+    if (st == MOX_OK && r->bytes != want)
+        st = mox__fail(c, MOX_ERR_MISMATCH, "reduce_scatter: rank %d sent "
+                       "%zu bytes where rank %d expects %zu: counts differ",
+                       r->peer, r->bytes, c->rank, want);
+    return st;
+}
+
+static int all_done(const mox__treq_t *t, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        if (t[i].posted && !t[i].done)
+            return 0;
+    return 1;
+}
+
+/* Row contributions are here: reduce them in column order into acc. */
+static mox_status_t reduce_row(mox__comm_t *c, rh_t *s)
+{
+    uint64_t slice = s->voff[s->g.N];
+    for (int l = 0; l < s->g.L; l++) {
+        const char *src = NULL;
+        if (l != s->g.col) {
+            int p = l < s->g.col ? l : l - 1;
+            mox__treq_t *q = &s->row_recv[p];
+            src = s->rx_row + (size_t)p * (HDR + slice * s->esz);
+            mox_status_t st = check_msg(c, s, q, src, slice * s->esz);
+            if (st != MOX_OK)
+                return st;
+            src += HDR;
+        }
+        for (int k = 0; k < s->g.N; k++) {
+            int r = rank_at(s, s->vrow[k], s->g.col);
+            uint64_t n = s->count[r];
+            const char *x = l == s->g.col ? s->in + s->displ[r] * s->esz
+                                          : src + s->voff[k] * s->esz;
+            char *a = s->acc + s->voff[k] * s->asz;
+            if (l == 0)
+                mox__reduce_init(s->acc_t, a, s->dt, x, n);
+            else
+                mox__reduce_apply(s->op, s->acc_t, a, s->dt, x, n);
+        }
+    }
+    return MOX_OK;
+}
+
+static int col_peer(const rh_t *s, int row) { return rank_at(s, row, s->g.col); }
+
+/* Send acc[lo, hi) (slice elements) to row `row` with the header. */
+static mox_status_t send_acc(mox__comm_t *c, rh_t *s, int row, uint64_t tag,
+                             uint64_t lo, uint64_t hi, int slot,
+                             mox__treq_t *r)
+{
+    return mox__rsag_isend_hdr(c, col_peer(s, row), tag, s->hdr_out,
+                               s->acc + lo * s->asz, (hi - lo) * s->asz,
+                               s->hiov[slot], &s->stage[slot], r);
+}
+
+/* Halving step i: distance d = N2 >> (i + 1). My range before the step is
+ * the 2d virtual rows holding v; I keep the half with v. */
+static void step_halves(const rh_t *s, int i, int *keep_a, int *keep_b,
+                        int *give_a, int *give_b, int *partner)
+{
+    int v = s->g.row, d = s->N2 >> (i + 1);
+    int lo = v & ~(2 * d - 1);
+    int mine = v & d ? lo + d : lo, other = v & d ? lo : lo + d;
+    *keep_a = mine;
+    *keep_b = mine + d;
+    *give_a = other;
+    *give_b = other + d;
+    *partner = v ^ d;
+}
+
+static mox_status_t post_step(mox__comm_t *c, struct mox_req *req, rh_t *s,
+                              int i)
+{
+    int ka, kb, ga, gb, p;
+    step_halves(s, i, &ka, &kb, &ga, &gb, &p);
+    (void)ka;
+    (void)kb;
+    return send_acc(c, s, p, mox__tag(req->seq, STEP_HALVE + i),
+                    vbegin(s, ga), vbegin(s, gb), i, &s->step_send[i]);
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    rh_t *s = req->state;
+    mox__comm_t *c = req->comm;
+    mox_status_t st = s->start_error;
+    if (st != MOX_OK)
+        return st;
+    int extra = s->g.row >= s->N2;
+    int has_extra = !extra && s->g.row + s->N2 < s->g.N;
+    uint64_t slice = s->voff[s->g.N];
+    if (s->phase == PH_ROW) {
+        if (!all_done(s->row_recv, (size_t)s->g.L - 1))
+            return MOX_IN_PROGRESS;
+        if ((st = reduce_row(c, s)) != MOX_OK)
+            return st;
+        s->phase = PH_FOLD;
+        if (extra && (st = send_acc(c, s, s->g.row - s->N2,
+                                    mox__tag(req->seq, STEP_FOLD), 0, slice,
+                                    s->nsteps, s->fold_send)) != MOX_OK)
+            return st;
+    }
+    if (s->phase == PH_FOLD) {
+        if ((extra || has_extra) && !s->fold_recv->done)
+            return MOX_IN_PROGRESS;
+        if (extra) {
+            uint64_t mine = s->count[s->me];
+            if ((st = check_msg(c, s, s->fold_recv, s->rx_fold,
+                                mine * s->asz)) != MOX_OK)
+                return st;
+            s->phase = PH_DONE;
+        } else {
+            if (has_extra) {
+                if ((st = check_msg(c, s, s->fold_recv, s->rx_fold,
+                                    slice * s->asz)) != MOX_OK)
+                    return st;
+                mox__reduce_apply(s->op, s->acc_t, s->acc, s->acc_t,
+                                  s->rx_fold + HDR, slice);
+            }
+            s->phase = PH_HALVE;
+            if (s->nsteps && (st = post_step(c, req, s, 0)) != MOX_OK)
+                return st;
+        }
+    }
+    while (s->phase == PH_HALVE && s->step < s->nsteps) {
+        int i = s->step, ka, kb, ga, gb, p;
+        mox__treq_t *q = &s->step_recv[i];
+        if (!q->done)
+            return MOX_IN_PROGRESS;
+        step_halves(s, i, &ka, &kb, &ga, &gb, &p);
+        uint64_t lo = vbegin(s, ka), hi = vbegin(s, kb);
+        char *buf = s->rx_step + s->rx_step_off[i];
+        if ((st = check_msg(c, s, q, buf, (hi - lo) * s->asz)) != MOX_OK)
+            return st;
+        mox__reduce_apply(s->op, s->acc_t, s->acc + lo * s->asz, s->acc_t,
+                          buf + HDR, hi - lo);
+        s->step++;
+        if (s->step < s->nsteps &&
+            (st = post_step(c, req, s, s->step)) != MOX_OK)
+            return st;
+    }
+    if (s->phase == PH_HALVE) {
+        s->phase = PH_DONE;
+        if (has_extra) {
+            int k = s->vpos[s->g.row + s->N2];
+            if ((st = send_acc(c, s, s->g.row + s->N2,
+                               mox__tag(req->seq, STEP_UNFOLD), s->voff[k],
+                               s->voff[k + 1], s->nsteps + 1,
+                               s->fold_send)) != MOX_OK)
+                return st;
+        }
+    }
+    if (!all_done(s->t, s->nt))
+        return MOX_IN_PROGRESS;
+    st = mox__treqs_check(c, s->t, s->nt, "reduce_scatter");
+    if (st != MOX_OK)
+        return st;
+    const char *res = extra ? s->rx_fold + HDR
+                            : s->acc + s->voff[s->vpos[s->g.row]] * s->asz;
+    mox__reduce_finish(s->op, s->dt, s->out, res, s->count[s->me], s->P);
+    return MOX_OK;
+}
+
+static mox_status_t post_initial(struct mox_req *req, rh_t *s)
+{
+    mox__comm_t *c = req->comm;
+    mox_status_t st = MOX_OK;
+    uint64_t slice = s->voff[s->g.N];
+    uint64_t tag = mox__tag(req->seq, STEP_ROW);
+    /* Receives first: the row contributions, the fold, every step. */
+    for (int l = 0, p = 0; l < s->g.L && st == MOX_OK; l++) {
+        if (l == s->g.col)
+            continue;
+        st = mox__irecv(c, rank_at(s, s->g.row, l), tag,
+                        s->rx_row + (size_t)p * (HDR + slice * s->esz),
+                        HDR + slice * s->esz, &s->row_recv[p]);
+        p++;
+    }
+    int extra = s->g.row >= s->N2;
+    if (st == MOX_OK && extra)
+        st = mox__irecv(c, col_peer(s, s->g.row - s->N2),
+                        mox__tag(req->seq, STEP_UNFOLD), s->rx_fold,
+                        HDR + s->count[s->me] * s->asz, s->fold_recv);
+    else if (st == MOX_OK && s->g.row + s->N2 < s->g.N)
+        st = mox__irecv(c, col_peer(s, s->g.row + s->N2),
+                        mox__tag(req->seq, STEP_FOLD), s->rx_fold,
+                        HDR + slice * s->asz, s->fold_recv);
+    for (int i = 0; i < s->nsteps && st == MOX_OK; i++) {
+        int ka, kb, ga, gb, p;
+        step_halves(s, i, &ka, &kb, &ga, &gb, &p);
+        st = mox__irecv(c, col_peer(s, p), mox__tag(req->seq, STEP_HALVE + i),
+                        s->rx_step + s->rx_step_off[i],
+                        HDR + (vbegin(s, kb) - vbegin(s, ka)) * s->asz,
+                        &s->step_recv[i]);
+    }
+    /* Row sends: each peer's slice packed in slice order behind the
+     * header, starting with the next column so ranks spread out. */
+    for (int d = 1; d < s->g.L && st == MOX_OK; d++) {
+        int l = (s->g.col + d) % s->g.L, p = l < s->g.col ? l : l - 1;
+        char *m = s->tx + s->tx_off[l], *w = m + HDR;
+        memcpy(m, s->hdr_out, HDR);
+        for (int k = 0; k < s->g.N; k++) {
+            int r = rank_at(s, s->vrow[k], l);
+            memcpy(w, s->in + s->displ[r] * s->esz, s->count[r] * s->esz);
+            w += s->count[r] * s->esz;
+        }
+        st = mox__isend(c, rank_at(s, s->g.row, l), tag, m, (size_t)(w - m),
+                        &s->row_send[p]);
+    }
+    return st;
+}
+
+/* Offsets of every buffer in s->mem; NULL base = sizes only. */
+static size_t layout(rh_t *s, char *base)
+{
+    int N = s->g.N, L = s->g.L;
+    uint64_t slice = s->voff[N];
+    size_t off = 0;
+#define PLACE(field, bytes)                                                    \
+    do {                                                                       \
+        if (base)                                                              \
+            s->field = (void *)(base + off);                                   \
+        off += ((size_t)(bytes) + 63) & ~(size_t)63;                           \
+    } while (0)
+    PLACE(t, s->nt * sizeof(mox__treq_t));
+    PLACE(hiov, (size_t)(s->nsteps + 2) * sizeof *s->hiov);
+    PLACE(stage, (size_t)(s->nsteps + 2) * sizeof *s->stage);
+    PLACE(tx_off, (size_t)L * sizeof(size_t));
+    PLACE(rx_step_off, (size_t)(s->nsteps + 1) * sizeof(size_t));
+    PLACE(acc, slice * s->asz);
+    size_t tx = 0;
+    for (int l = 0; l < L; l++) {
+        if (base)
+            s->tx_off[l] = tx;
+        if (l != s->g.col)
+            tx += (HDR + slice_of(s, l) * s->esz + 7) & ~(size_t)7;
+    }
+    PLACE(tx, tx);
+    PLACE(rx_row, (size_t)(L - 1) * (HDR + slice * s->esz));
+    uint64_t fold = s->g.row >= s->N2 ? s->count[s->me] : slice;
+    PLACE(rx_fold, HDR + fold * s->asz);
+    size_t rx = 0;
+    for (int i = 0; i < s->nsteps; i++) {
+        int ka, kb, ga, gb, p;
+        step_halves(s, i, &ka, &kb, &ga, &gb, &p);
+        if (base)
+            s->rx_step_off[i] = rx;
+        rx += (HDR + (vbegin(s, kb) - vbegin(s, ka)) * s->asz + 7) &
+              ~(size_t)7;
+    }
+    PLACE(rx_step, rx);
+#undef PLACE
+    return off;
+}
+
+mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
+                                          const mox__rs_args_t *a)
+{
+    mox__comm_t *c = req->comm;
+    int P = c->size;
+    size_t fixed = sizeof(rh_t) + (size_t)P * (3 * sizeof(int) +
+                                               3 * sizeof(uint64_t)) +
+                   sizeof(uint64_t);
+    rh_t *s = calloc(1, fixed);
+    if (!s)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "reduce_scatter: no memory");
+    req->state = s;
+    req->cleanup = free_state;
+    s->count = (uint64_t *)(s + 1);
+    s->displ = s->count + P;
+    s->voff = s->displ + P;
+    s->g.rank = (int *)(s->voff + P + 1);
+    s->vrow = s->g.rank + P;
+    s->vpos = s->vrow + P;
+    if (a->grid == MOX_RSAG_GRID_COLUMN)
+        mox__grid_build_column(c, &s->g);
+    else
+        mox__grid_build(c, a->grid == MOX_RSAG_GRID_NODES, &s->g);
+    s->P = P;
+    s->me = c->rank;
+    s->dt = a->dtype;
+    s->op = a->op;
+    s->acc_t = mox__reduce_acc_type(a->dtype);
+    s->esz = mox__dtype_size(a->dtype);
+    s->asz = mox__dtype_size(s->acc_t);
+    s->in = a->in;
+    s->out = a->out;
+    uint64_t total = 0;
+    for (int r = 0; r < P; r++) {
+        s->count[r] = a->counts[r];
+        s->displ[r] = total;
+        total += a->counts[r];
+    }
+    int N = s->g.N;
+    for (s->N2 = 1; s->N2 * 2 <= N; s->N2 *= 2)
+        s->nsteps++;
+    /* Slice order: virtual row v is row v, then row v + N2 if it exists. */
+    int k = 0;
+    for (int v = 0; v < s->N2; v++) {
+        s->vrow[k++] = v;
+        if (v + s->N2 < N)
+            s->vrow[k++] = v + s->N2;
+    }
+    s->voff[0] = 0;
+    for (k = 0; k < N; k++) {
+        s->vpos[s->vrow[k]] = k;
+        s->voff[k + 1] = s->voff[k] + s->count[rank_at(s, s->vrow[k],
+                                                       s->g.col)];
+    }
+    if (s->g.row >= s->N2)
+        s->nsteps = 0; /* folded rows only send and receive once */
+    s->nt = (size_t)2 * (size_t)(s->g.L - 1) + 2 * (size_t)s->nsteps + 2;
+    size_t bytes = layout(s, NULL);
+    s->mem = calloc(1, bytes);
+    if (!s->mem)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "reduce_scatter: no memory "
+                         "for %zu bytes of buffers", bytes);
+    layout(s, s->mem);
+    s->row_recv = s->t;
+    s->row_send = s->row_recv + (s->g.L - 1);
+    s->step_recv = s->row_send + (s->g.L - 1);
+    s->step_send = s->step_recv + s->nsteps;
+    s->fold_recv = s->step_send + s->nsteps;
+    s->fold_send = s->fold_recv + 1;
+    s->hdr = (mox__rsag_hdr_t){
+        MOX_RSAG_KIND_RS, req->seq,
+        mox__rsag_hash(MOX_RSAG_KIND_RS, a->dtype, a->op, 0, s->count, P),
+        total, s->count[s->me]};
+    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    req->treqs = s->t;
+    req->ntreqs = s->nt;
+    req->progress = progress;
+    s->start_error = post_initial(req, s);
+    return MOX_OK;
+}
