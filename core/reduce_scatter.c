@@ -18,15 +18,10 @@ static int overlap(const void *a, size_t na, const void *b, size_t nb)
     return na && nb && x < y + nb && y < x + na;
 }
 
-/* hier needs nodes of equal size; say so when it is asked for elsewhere. */
-static int choose_hier(const mox__comm_t *c, int64_t algo, const char *coll)
+/* hier runs on nodes of any sizes; flat when asked or on one node. */
+static int choose_hier(const mox__comm_t *c, int64_t algo)
 {
-    int equal = mox__grid_nodes_equal(c);
-    if (algo == MOX_RSAG_FLAT)
-        return 0;
-    if (algo == MOX_RSAG_HIER && !equal)
-        MOX_DEBUG(coll, "hier needs nodes of equal size; using flat");
-    return equal && c->topo.num_nodes > 1;
+    return algo != MOX_RSAG_FLAT && c->topo.num_nodes > 1;
 }
 
 static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
@@ -44,12 +39,15 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
     if (algo == MOX_RSAG_LOG && a->block_elems)
         MOX_DEBUG("reduce_scatter", "rhalving is dense only; sparse uses "
                   "the pipelined algorithm");
-    a->hier = choose_hier(c, log ? MOX_RSAG_AUTO : algo, "reduce_scatter");
-    a->grid = a->hier ? MOX_RSAG_GRID_NODES : MOX_RSAG_GRID_COLUMN;
+    a->hier = choose_hier(c, log ? MOX_RSAG_AUTO : algo);
+    /* rhalving's grid needs equal nodes; one column of all ranks else. */
+    a->grid = a->hier && mox__grid_nodes_equal(c) ? MOX_RSAG_GRID_NODES
+                                                   : MOX_RSAG_GRID_COLUMN;
     const char *name = a->block_elems
                            ? (a->hier ? "reduce_scatter_sparse_hier"
                                       : "reduce_scatter_sparse_flat")
-                       : log ? (a->hier ? "reduce_scatter_rhalving_hier"
+                       : log ? (a->grid == MOX_RSAG_GRID_NODES
+                                    ? "reduce_scatter_rhalving_hier"
                                         : "reduce_scatter_rhalving")
                              : (a->hier ? "reduce_scatter_hier"
                                         : "reduce_scatter_flat");

@@ -1,6 +1,9 @@
 /*
- * Reduce-scatter on a grid of N rows x L columns (core/rsag.h): rows are
- * nodes and columns rails (hier), or one row of all ranks (flat).
+ * Reduce-scatter on rows of ranks: nodes (hier, of any sizes) or one row of
+ * all ranks (flat). On equal nodes the ranks form an N x L grid whose
+ * columns are rails; on unequal nodes a rank of node n handles, for every
+ * other node, the blocks of the ranks whose local index is its own modulo
+ * n's size (see rows_t below), so each block still leaves a node once.
  *
  *  1. inside a row (shm for hier): every rank sends each row peer, straight
  *     from its input, the blocks of that peer's column (the peer's "rail
@@ -41,10 +44,27 @@ enum { STEP_ROW = 2, STEP_COL = 3 };
  * packed message 8-byte aligned. */
 #define ALIGN8(x) (((size_t)(x) + 7) & ~(size_t)7)
 
+/*
+ * Rows of possibly different lengths: nodes (hier) or one row of all ranks
+ * (flat). Rank (n, l) is rank[first[n] + l]. On row n, the block of a rank
+ * r of another row is reduced by (n, lidx[r] % length of n), its "handler":
+ * r's rail peer when rows are equal, and a fixed rank otherwise, so every
+ * block still leaves each node once, reduced, on nodes of any sizes.
+ */
+typedef struct {
+    int N, L, row, col;  /* rows; my row's length, my row and index */
+    int *first;          /* [N+1] */
+    int *rank;           /* [P] by row, then index */
+    int *row_of, *lidx;  /* [P] by rank */
+} rows_t;
+
 typedef struct {
     mox_status_t start_error;
     int col_hdr_checked;
-    mox__grid_t g;
+    rows_t g;
+    int nsb, my_b, nslot;          /* slice blocks; mine among them; header
+                                      slots (L-1 + nsb-1) */
+    int *sb_rank;                  /* [nsb] owner of each slice block */
     int P, me;
     mox_dtype_t dt, acc_t;
     mox_op_t op;
@@ -56,11 +76,13 @@ typedef struct {
     uint64_t be;                   /* sparse block elements; 0 = dense */
     uint64_t *in_mask;             /* sparse: my present blocks, global */
     uint64_t *acc_mask;            /* sparse: slice blocks present in acc */
-    /* Rail slice: block of rank (n, col) at slice elements
-     * [slice_off[n], slice_off[n+1]); its segments are slice segments
-     * [slice_seg[n], slice_seg[n+1]). */
-    uint64_t *slice_off;           /* [N+1] */
-    uint32_t *slice_seg;           /* [N+1] */
+    /* Slice: the blocks this rank reduces for its row (its own and, of
+     * every other row, those it handles), in rank order by row. Slice
+     * block b (rank sb_rank[b]) is at slice elements
+     * [slice_off[b], slice_off[b+1]); its segments are slice segments
+     * [slice_seg[b], slice_seg[b+1]). */
+    uint64_t *slice_off;           /* [nsb+1] */
+    uint32_t *slice_seg;           /* [nsb+1] */
     uint32_t nss;                  /* segments of the slice */
     uint32_t nsr, ncr;             /* messages from each row peer (nss, at
                                       least 1) and column peer (my block's
@@ -71,17 +93,17 @@ typedef struct {
     size_t *slot2;                 /* [my segments + 1], column partials */
     char *acc;                     /* slice, accumulator type */
     char *rx1;                     /* (L-1) row peers' contributions */
-    char *rx2;                     /* (N-1) column partials of my block */
+    char *rx2;                     /* (N-1) row partials of my block */
     char *fin;                     /* my block, final accumulator (N > 1) */
     char *pack1, *pack2;           /* sparse send staging */
     size_t *pack2_off;             /* [nss+1] */
     uint8_t *seg_done;             /* [nss] reduced over the row */
-    uint32_t *cursor;              /* [N] next segment to send down rail */
+    uint32_t *cursor;              /* [nsb] next segment to send its owner */
     mox__rsag_hdr_t hdr;
     unsigned char hdr_out[HDR];
     uint8_t *row_hdr_ok;           /* [L-1] row peer's header checked */
-    mox__iov_t (*hiov)[2];         /* [L-1 + N-1] header sends' pieces */
-    void **stage;                  /* [L-1 + N-1] their copies, if any */
+    mox__iov_t (*hiov)[2];         /* [nslot] header sends' pieces */
+    void **stage;                  /* [nslot] their copies, if any */
     mox__treq_t *t;
     mox__treq_t *row_recv, *row_send, *col_send, *col_recv;
     size_t nt, n_row_send, n_col_send;
@@ -93,7 +115,7 @@ static void free_state(struct mox_req *req)
     rs_t *s = req->state;
     if (!s || !s->mem)
         return;
-    for (int i = 0; i < s->g.L - 1 + s->g.N - 1; i++)
+    for (int i = 0; i < s->nslot; i++)
         free(s->stage[i]);
     free(s->mem);
 }
@@ -101,8 +123,18 @@ static void free_state(struct mox_req *req)
 /* Messages for `nseg` segments: a header alone when there is no data. */
 static uint32_t nmsg(uint32_t nseg) { return nseg ? nseg : 1; }
 
-/* Rank owning slice block n; segment k of a rank's block. */
-static int owner(const rs_t *s, int n) { return s->g.rank[n * s->g.L + s->g.col]; }
+/* Rank (n, l); length of row n. */
+static int rank_at(const rs_t *s, int n, int l) { return s->g.rank[s->g.first[n] + l]; }
+static int row_len(const rs_t *s, int n) { return s->g.first[n + 1] - s->g.first[n]; }
+/* 1 when rank r's block is in the slice of my row's rank l. */
+static int in_slice(const rs_t *s, int l, int r)
+{
+    return s->g.row_of[r] == s->g.row ? s->g.lidx[r] == l
+                                       : s->g.lidx[r] % s->g.L == l;
+}
+/* Header slot of remote slice block b. */
+static int col_slot(const rs_t *s, int b) { return s->g.L - 1 + (b < s->my_b ? b : b - 1); }
+/* Segment k of a rank's block. */
 static uint64_t seg_len(const rs_t *s, int r, uint32_t k)
 {
     uint64_t left = s->count[r] - (uint64_t)k * s->chunk;
@@ -221,7 +253,7 @@ static mox_status_t reduce_row(mox__comm_t *c, rs_t *s, uint32_t ss)
     int n;
     uint32_t k;
     seg_of(s, ss, &n, &k);
-    int r = owner(s, n);
+    int r = s->sb_rank[n];
     uint64_t len = seg_len(s, r, k);
     uint64_t el0 = s->displ[r] + (uint64_t)k * s->chunk; /* global */
     uint64_t sl0 = s->slice_off[n] + (uint64_t)k * s->chunk;
@@ -267,10 +299,10 @@ static mox_status_t reduce_row(mox__comm_t *c, rs_t *s, uint32_t ss)
 static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
 {
     size_t i = 0;
-    for (int n = 0; n < s->g.N; n++) {
-        if (n == s->g.row)
+    for (int n = 0; n < s->nsb; n++) {
+        if (n == s->my_b)
             continue;
-        int r = owner(s, n);
+        int r = s->sb_rank[n];
         uint32_t nseg = s->slice_seg[n + 1] - s->slice_seg[n];
         size_t base = i;
         i += nmsg(nseg);
@@ -290,7 +322,7 @@ static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
                     len * s->asz > bytes ? len * s->asz - bytes : 0;
                 src = dst;
             }
-            int h = s->g.L - 1 + (n < s->g.row ? n : n - 1);
+            int h = col_slot(s, n);
             mox_status_t st =
                 k ? mox__isend(c, r, tag, src, bytes, &s->col_send[base + k])
                   : mox__rsag_isend_hdr(c, r, tag, s->hdr_out, src, bytes,
@@ -308,7 +340,7 @@ static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
 static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
 {
     uint64_t cnt = s->count[s->me];
-    const char *res = s->acc + s->slice_off[s->g.row] * s->asz;
+    const char *res = s->acc + s->slice_off[s->my_b] * s->asz;
     if (s->g.N > 1) {
         uint32_t nseg = mox__rsag_nseg(cnt, s->chunk);
         if (s->be)
@@ -338,8 +370,8 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
                     }
                 }
                 if (s->be && n == s->g.row) {
-                    uint64_t sb0 = (s->slice_off[n] + (uint64_t)k * s->chunk) /
-                                   s->be;
+                    uint64_t sb0 = (s->slice_off[s->my_b] +
+                                    (uint64_t)k * s->chunk) / s->be;
                     for (uint64_t b = 0; b < len / s->be; b++)
                         if (bit(s->acc_mask, sb0 + b))
                             mox__reduce_apply(MOX_OP_SUM, s->acc_t,
@@ -460,7 +492,7 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
     for (int l = 0; l < s->g.L && st == MOX_OK; l++) {
         if (l == s->g.col)
             continue;
-        int peer = s->g.rank[s->g.row * s->g.L + l], p = peer_idx(s, l);
+        int peer = rank_at(s, s->g.row, l), p = peer_idx(s, l);
         char *area = s->rx1 + (size_t)p * s->slot1[s->nss];
         for (uint32_t ss = 0; ss < s->nsr && st == MOX_OK; ss++) {
             size_t len = ss < s->nss ? s->slot1[ss + 1] - s->slot1[ss] : 0;
@@ -475,10 +507,12 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
     char *pk = s->pack1;
     for (int d = 1; d < s->g.L && st == MOX_OK; d++) {
         int l = (s->g.col + d) % s->g.L;
-        int peer = s->g.rank[s->g.row * s->g.L + l], h = peer_idx(s, l);
+        int peer = rank_at(s, s->g.row, l), h = peer_idx(s, l);
         size_t first = i;
-        for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
-            int r = s->g.rank[n * s->g.L + l];
+        for (int x = 0; x < s->P && st == MOX_OK; x++) {
+            int r = s->g.rank[x];
+            if (!in_slice(s, l, r))
+                continue;
             uint32_t nseg = mox__rsag_nseg(s->count[r], s->chunk);
             for (uint32_t k = 0; k < nseg && st == MOX_OK; k++) {
                 uint64_t len = seg_len(s, r, k);
@@ -517,7 +551,7 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
         for (uint32_t k = 0; k < s->ncr && st == MOX_OK; k++) {
             size_t len = k < nseg ? s->slot2[k + 1] - s->slot2[k] : 0;
             size_t hdr = k ? 0 : HDR;
-            st = mox__irecv(c, s->g.rank[n * s->g.L + s->g.col],
+            st = mox__irecv(c, rank_at(s, n, s->g.col % row_len(s, n)),
                             mox__tag(req->seq, STEP_COL),
                             area + s->slot2[k] - hdr, len + hdr,
                             &s->col_recv[(size_t)ni * s->ncr + k]);
@@ -525,13 +559,13 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
     }
     /* Owners of empty blocks get their header alone, now. */
     size_t base = 0;
-    for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
-        if (n == s->g.row)
+    for (int n = 0; n < s->nsb && st == MOX_OK; n++) {
+        if (n == s->my_b)
             continue;
         uint32_t ns = s->slice_seg[n + 1] - s->slice_seg[n];
-        int h = s->g.L - 1 + (n < s->g.row ? n : n - 1);
+        int h = col_slot(s, n);
         if (!ns)
-            st = mox__rsag_isend_hdr(c, owner(s, n),
+            st = mox__rsag_isend_hdr(c, s->sb_rank[n],
                                      mox__tag(req->seq, STEP_COL), s->hdr_out,
                                      NULL, 0, s->hiov[h], &s->stage[h],
                                      &s->col_send[base]);
@@ -545,7 +579,7 @@ static size_t layout(rs_t *s, char *base)
 {
     int N = s->g.N, L = s->g.L;
     uint32_t my_nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
-    uint64_t slice = s->slice_off[N], mine = s->count[s->me];
+    uint64_t slice = s->slice_off[s->nsb], mine = s->count[s->me];
     size_t off = 0;
 #define PLACE(field, bytes)                                                    \
     do {                                                                       \
@@ -559,8 +593,8 @@ static size_t layout(rs_t *s, char *base)
     PLACE(pack2_off, ((size_t)s->nss + 1) * sizeof(size_t));
     PLACE(seg_done, s->nss);
     PLACE(row_hdr_ok, L - 1);
-    PLACE(hiov, (size_t)(L - 1 + N - 1) * sizeof *s->hiov);
-    PLACE(stage, (size_t)(L - 1 + N - 1) * sizeof *s->stage);
+    PLACE(hiov, (size_t)s->nslot * sizeof *s->hiov);
+    PLACE(stage, (size_t)s->nslot * sizeof *s->stage);
     PLACE(acc, slice * s->asz);
     PLACE(fin, N > 1 ? mine * s->asz : 0);
     if (s->be) {
@@ -573,8 +607,8 @@ static size_t layout(rs_t *s, char *base)
     /* Receive areas: the header first, a bitmap before every sparse
      * segment. */
     size_t row_area = HDR, col_area = HDR, pack2 = 0;
-    for (int n = 0; n < N; n++) {
-        int r = owner(s, n);
+    for (int n = 0; n < s->nsb; n++) {
+        int r = s->sb_rank[n];
         for (uint32_t k = 0; k < s->slice_seg[n + 1] - s->slice_seg[n]; k++) {
             uint64_t len = seg_len(s, r, k);
             if (base) {
@@ -582,7 +616,7 @@ static size_t layout(rs_t *s, char *base)
                 s->pack2_off[s->slice_seg[n] + k] = pack2;
             }
             row_area += ALIGN8(bm_bytes(s, len) + len * s->esz);
-            if (n != s->g.row)
+            if (n != s->my_b)
                 pack2 += ALIGN8(bm_bytes(s, len) + len * s->asz);
         }
     }
@@ -606,8 +640,10 @@ static size_t layout(rs_t *s, char *base)
         for (int l = 0; l < L; l++) {
             if (l == s->g.col)
                 continue;
-            for (int n = 0; n < N; n++) {
-                int r = s->g.rank[n * L + l];
+            for (int x = 0; x < s->P; x++) {
+                int r = s->g.rank[x];
+                if (!in_slice(s, l, r))
+                    continue;
                 for (uint32_t k = 0; k < mox__rsag_nseg(s->count[r], s->chunk);
                      k++)
                     p1 += ALIGN8(bm_bytes(s, seg_len(s, r, k)) +
@@ -627,28 +663,57 @@ static void plan(rs_t *s)
     int N = s->g.N, L = s->g.L;
     s->slice_off[0] = 0;
     s->slice_seg[0] = 0;
-    for (int n = 0; n < N; n++) {
-        uint64_t cnt = s->count[owner(s, n)];
-        s->slice_off[n + 1] = s->slice_off[n] + cnt;
-        s->slice_seg[n + 1] = s->slice_seg[n] + mox__rsag_nseg(cnt, s->chunk);
+    s->nsb = 0;
+    for (int x = 0; x < s->P; x++) {
+        int r = s->g.rank[x], b = s->nsb;
+        if (!in_slice(s, s->g.col, r))
+            continue;
+        if (r == s->me)
+            s->my_b = b;
+        s->sb_rank[b] = r;
+        s->slice_off[b + 1] = s->slice_off[b] + s->count[r];
+        s->slice_seg[b + 1] = s->slice_seg[b] +
+                              mox__rsag_nseg(s->count[r], s->chunk);
+        s->nsb++;
     }
-    s->nss = s->slice_seg[N];
+    s->nss = s->slice_seg[s->nsb];
+    s->nslot = L - 1 + s->nsb - 1;
     s->n_row_send = 0;
     for (int l = 0; l < L; l++) {
         uint32_t peer_nss = 0;
-        for (int n = 0; n < N && l != s->g.col; n++)
-            peer_nss += mox__rsag_nseg(s->count[s->g.rank[n * L + l]],
-                                       s->chunk);
+        for (int x = 0; x < s->P && l != s->g.col; x++)
+            if (in_slice(s, l, s->g.rank[x]))
+                peer_nss += mox__rsag_nseg(s->count[s->g.rank[x]], s->chunk);
         s->n_row_send += l != s->g.col ? nmsg(peer_nss) : 0;
     }
     s->n_col_send = 0;
-    for (int n = 0; n < N; n++)
-        if (n != s->g.row)
-            s->n_col_send += nmsg(s->slice_seg[n + 1] - s->slice_seg[n]);
+    for (int b = 0; b < s->nsb; b++)
+        if (b != s->my_b)
+            s->n_col_send += nmsg(s->slice_seg[b + 1] - s->slice_seg[b]);
     s->nsr = nmsg(s->nss);
     s->ncr = nmsg(mox__rsag_nseg(s->count[s->me], s->chunk));
     s->nt = (size_t)(L - 1) * s->nsr + s->n_row_send + s->n_col_send +
             (size_t)(N - 1) * s->ncr;
+}
+
+/* Rows: nodes of any sizes (hier) or one row of all ranks (flat). */
+static void build_rows(const mox__comm_t *c, int hier, rows_t *g)
+{
+    g->N = hier ? c->topo.num_nodes : 1;
+    g->first[0] = 0;
+    for (int n = 0; n < g->N; n++) {
+        int len = hier ? mox__topo_local_size(&c->topo, n) : c->size;
+        g->first[n + 1] = g->first[n] + len;
+        for (int l = 0; l < len; l++) {
+            int r = hier ? mox__topo_rank_at(&c->topo, n, l) : l;
+            g->rank[g->first[n] + l] = r;
+            g->row_of[r] = n;
+            g->lidx[r] = l;
+        }
+    }
+    g->row = g->row_of[c->rank];
+    g->col = g->lidx[c->rank];
+    g->L = g->first[g->row + 1] - g->first[g->row];
 }
 
 mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
@@ -656,8 +721,9 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
 {
     mox__comm_t *c = req->comm;
     int P = c->size;
-    size_t fixed = sizeof(rs_t) + (size_t)P * (sizeof(int) + 2 * sizeof(uint64_t)) +
-                   ((size_t)P + 1) * (sizeof(uint64_t) + 2 * sizeof(uint32_t));
+    size_t fixed = sizeof(rs_t) + (3 * (size_t)P + 1) * sizeof(uint64_t) +
+                   2 * ((size_t)P + 1) * sizeof(uint32_t) +
+                   (5 * (size_t)P + 1) * sizeof(int);
     rs_t *s = calloc(1, fixed);
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "reduce_scatter: no memory");
@@ -666,10 +732,14 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
     s->count = (uint64_t *)(s + 1);
     s->displ = s->count + P;
     s->slice_off = s->displ + P;
-    s->g.rank = (int *)(s->slice_off + P + 1);
-    s->slice_seg = (uint32_t *)(s->g.rank + P);
+    s->slice_seg = (uint32_t *)(s->slice_off + P + 1);
     s->cursor = s->slice_seg + P + 1;
-    mox__grid_build(c, a->hier, &s->g);
+    s->g.rank = (int *)(s->cursor + P + 1);
+    s->g.row_of = s->g.rank + P;
+    s->g.lidx = s->g.row_of + P;
+    s->sb_rank = s->g.lidx + P;
+    s->g.first = s->sb_rank + P;
+    build_rows(c, a->hier, &s->g);
     s->P = P;
     s->me = c->rank;
     s->dt = a->dtype;

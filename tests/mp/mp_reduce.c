@@ -27,7 +27,7 @@ typedef struct {
     mox_dtype_t dt;
     mox_op_t op;
     uint64_t seed, iters, max_count, block;
-    int zero_pct, in_place, nonblocking, density, victim;
+    int zero_pct, in_place, nonblocking, density, victim, check_inter;
 } opts_t;
 
 static int me, P;
@@ -37,7 +37,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: mp_reduce [--coll rs|rsv|sparse|ag|agv] [--dtype T] "
                "[--op OP]\n  [--seed S] [--iters N] [--count C] [--zero-pct "
                "P] [--in-place]\n  [--nonblocking] [--block B --density PCT] "
-               "[--mode bad-args|mismatch --victim V]\n");
+               "[--mode bad-args|mismatch --victim V] [--check-inter]\n"
+               "--check-inter: dense reduce-scatter must send each block "
+               "out of each node once,\n  node-reduced: the job's "
+               "inter-node bytes (two runs) equal 2 x sum over nodes of\n"
+               "  (remote elements x accumulator size + one 40-byte header "
+               "per remote rank)\n");
 }
 
 static const char *dt_names[] = {"u8", "i32", "i64", "f16", "bf16", "f32",
@@ -61,9 +66,9 @@ static int parse(int argc, char **argv, opts_t *o)
         {"zero-pct", 1, 0, 'z'}, {"in-place", 0, 0, 'p'},
         {"nonblocking", 0, 0, 'b'}, {"block", 1, 0, 'B'},
         {"density", 1, 0, 'D'}, {"mode", 1, 0, 'm'}, {"victim", 1, 0, 'v'},
-        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"check-inter", 0, 0, 'I'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (opts_t){"rs", "check", MOX_DTYPE_F32, MOX_OP_SUM, 1, 2, 1000, 16,
-                  0, 0, 0, 50, 1};
+                  0, 0, 0, 50, 1, 0};
     int c, v;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
@@ -88,6 +93,7 @@ static int parse(int argc, char **argv, opts_t *o)
         case 'D': o->density = atoi(optarg); break;
         case 'm': o->mode = optarg; break;
         case 'v': o->victim = atoi(optarg); break;
+        case 'I': o->check_inter = 1; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -368,6 +374,41 @@ static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
     return st;
 }
 
+/* The pipelined hierarchical reduce-scatter sends every block out of
+ * every other node exactly once, in the accumulator type (f32 for 16-bit
+ * floats), with one agreement header per (sending rank, owner) pair; two
+ * runs were made. Compare the job's inter-node bytes with that. */
+static int check_inter(mox_comm_t comm, const opts_t *o,
+                       const uint64_t *counts, uint64_t mine)
+{
+    size_t acc = o->dt == MOX_DTYPE_F16 || o->dt == MOX_DTYPE_BF16
+                     ? 4 : dt_size[o->dt];
+    uint64_t *all = malloc((size_t)P * sizeof *all);
+    int *node = malloc((size_t)P * sizeof *node), local, nodes = 0;
+    mox_status_t st = mox_allgather(comm, &mine, all, 1, MOX_DTYPE_I64);
+    for (int r = 0; r < P && st == MOX_OK; r++) {
+        st = mox_comm_rank_location(comm, r, &node[r], &local);
+        nodes = node[r] + 1 > nodes ? node[r] + 1 : nodes;
+    }
+    uint64_t got = 0, want = 0;
+    for (int r = 0; r < P; r++)
+        got += all[r];
+    for (int n = 0; n < nodes; n++)
+        for (int r = 0; r < P; r++)
+            if (node[r] != n)
+                want += 2 * (counts[r] * acc + 40);
+    free(all);
+    free(node);
+    if (st != MOX_OK)
+        return fail(comm, "check-inter", st);
+    if (got != want) {
+        printf("rank %d: inter-node bytes %" PRIu64 ", node-reduced volume "
+               "%" PRIu64 "\n", me, got, want);
+        return 1;
+    }
+    return 0;
+}
+
 static int iter_rs(mox_comm_t comm, const opts_t *o, uint64_t it)
 {
     size_t es = dt_size[o->dt];
@@ -402,6 +443,9 @@ static int iter_rs(mox_comm_t comm, const opts_t *o, uint64_t it)
     }
     if (!bad)
         bad = check_rs(o, it, res[0], off, counts[me], sparse);
+    if (!bad && o->check_inter && !sparse)
+        bad = check_inter(comm, o, counts,
+                          after.bytes_inter - before.bytes_inter);
     if (!bad && sparse && P > 1 && o->density < 50 && total &&
         after.bytes_sparse_saved == before.bytes_sparse_saved) {
         printf("rank %d: sparse run saved no bytes at density %d%%\n", me,
@@ -539,17 +583,30 @@ static int bad_args(mox_comm_t comm, opts_t *o)
 }
 
 /* The victim passes one more element for rank 0: every rank it talks to
- * and the victim itself must report MOX_ERR_MISMATCH, nobody hangs. */
+ * and the victim itself must report MOX_ERR_MISMATCH, nobody hangs.
+ * Reduce-scatter with 10 elements per rank; --coll ag(v): allgatherv with
+ * --count elements per rank (where the first message of a peer switches
+ * from header + data to a header alone, the sizes disagree too). */
 static int mismatch(mox_comm_t comm, const opts_t *o)
 {
-    uint64_t *counts = malloc((size_t)P * sizeof *counts), total = 0;
-    for (int r = 0; r < P; r++)
-        total += counts[r] = 10 + (uint64_t)(me == o->victim && r == 0);
-    float *in = calloc(total, sizeof *in), *out = calloc(16, sizeof *out);
-    mox_status_t st = mox_reduce_scatter_v(comm, in, out, counts,
-                                           MOX_DTYPE_F32, MOX_OP_SUM);
+    int ag = o->coll[0] == 'a';
+    uint64_t base = ag ? o->max_count : 10;
+    uint64_t *counts = malloc(2 * (size_t)P * sizeof *counts),
+             *displs = counts + P, total = 0;
+    for (int r = 0; r < P; r++) {
+        displs[r] = total;
+        total += counts[r] = base + (uint64_t)(me == o->victim && r == 0);
+    }
+    float *in = calloc(total, sizeof *in),
+          *out = calloc(ag ? total : 16, sizeof *out);
+    mox_status_t st =
+        ag ? mox_allgatherv(comm, in, counts[me], out, counts, displs,
+                            MOX_DTYPE_F32)
+           : mox_reduce_scatter_v(comm, in, out, counts, MOX_DTYPE_F32,
+                                  MOX_OP_SUM);
     if (st != MOX_OK)
-        fail(comm, "reduce_scatter with mismatched counts", st);
+        fail(comm, ag ? "allgather with mismatched counts"
+                      : "reduce_scatter with mismatched counts", st);
     free(in);
     free(out);
     free(counts);
