@@ -88,8 +88,9 @@ typedef enum {
       "auto|flat|hier|rdoubling", 0, 0,                                        \
       "allgather algorithm: flat (direct), hier (rail peers, then shm "        \
       "forwarding, pipelined) or rdoubling (recursive doubling among rail "    \
-      "peers, then shm; all ranks on uneven nodes); auto = rdoubling up to "   \
-      "MOX_RSAG_SMALL, else hier on equal nodes, flat otherwise")              \
+      "peers, then shm; all ranks on one or uneven nodes); auto = rdoubling "  \
+      "across nodes up to MOX_RSAG_SMALL, else hier on equal nodes, flat "     \
+      "otherwise")                                                             \
     X(rsag_small, "MOX_RSAG_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,              \
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \

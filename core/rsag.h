@@ -74,6 +74,8 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
                                           const mox__rs_args_t *a);
 mox_status_t mox__allgather_hier(struct mox_req *req,
                                  const mox__ag_args_t *a);
+mox_status_t mox__allgather_rdoubling(struct mox_req *req,
+                                      const mox__ag_args_t *a);
 
 /* Agreement header: what must be equal on every rank. */
 #define MOX_RSAG_HDR_BYTES 40
