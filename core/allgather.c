@@ -1,5 +1,5 @@
 /* mox_allgather(v): argument checks and algorithm choice:
- * core/algorithms/allgather_hier.c on a nodes x local-ranks grid (hier) or
+ * core/algorithms/allgather_hier.c on rows of nodes of any sizes (hier) or
  * one row of all ranks (flat), or, for small vectors,
  * core/algorithms/allgather_rdoubling.c (recursive doubling). */
 #include "comm.h"
@@ -109,14 +109,11 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
     int log = algo == MOX_RSAG_LOG ||
               (algo == MOX_RSAG_AUTO && c->topo.num_nodes > 1 &&
                total * esz <= (uint64_t)c->cfg.rsag_small);
-    int equal = mox__grid_nodes_equal(c);
-    if (algo == MOX_RSAG_HIER && !equal)
-        MOX_DEBUG("allgather", "hier needs nodes of equal size; using flat");
-    /* a.hier: the grid of nodes x local ranks (several nodes of equal
-     * size); else one row of all ranks (flat) or, for rdoubling, one
-     * column of all ranks. */
-    a.hier = (log || algo != MOX_RSAG_FLAT) && equal &&
-             c->topo.num_nodes > 1;
+    /* a.hier: nodes as rows, of any sizes for the pipelined algorithm;
+     * rdoubling's grid needs nodes of equal size, else it runs on one
+     * column of all ranks. Not hier: one row of all ranks (flat). */
+    a.hier = c->topo.num_nodes > 1 &&
+             (log ? mox__grid_nodes_equal(c) : algo != MOX_RSAG_FLAT);
     struct mox_req *req;
     st = mox__req_new(c, log      ? "allgather_rdoubling"
                          : a.hier ? "allgather_hier"

@@ -44,6 +44,25 @@ void mox__grid_build_column(const mox__comm_t *c, mox__grid_t *g)
     g->col = 0;
 }
 
+void mox__rows_build(const mox__comm_t *c, int hier, mox__rows_t *g)
+{
+    g->N = hier ? c->topo.num_nodes : 1;
+    g->first[0] = 0;
+    for (int n = 0; n < g->N; n++) {
+        int len = hier ? mox__topo_local_size(&c->topo, n) : c->size;
+        g->first[n + 1] = g->first[n] + len;
+        for (int l = 0; l < len; l++) {
+            int r = hier ? mox__topo_rank_at(&c->topo, n, l) : l;
+            g->rank[g->first[n] + l] = r;
+            g->row_of[r] = n;
+            g->lidx[r] = l;
+        }
+    }
+    g->row = g->row_of[c->rank];
+    g->col = g->lidx[c->rank];
+    g->L = g->first[g->row + 1] - g->first[g->row];
+}
+
 uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,
                          uint64_t align)
 {

@@ -38,6 +38,25 @@ void mox__grid_build(const mox__comm_t *c, int hier, mox__grid_t *g);
  * grid of the latency algorithms on one node or on nodes of unequal size. */
 void mox__grid_build_column(const mox__comm_t *c, mox__grid_t *g);
 
+/*
+ * Rows of possibly different lengths, for the pipelined algorithms: nodes
+ * (hier, of any sizes) or one row of all ranks (flat). Rank (n, l) is
+ * rank[first[n] + l]. On row n, the block of a rank r of another row is
+ * handled by (n, lidx[r] % length of n): r's rail peer when rows are
+ * equal, a fixed rank otherwise, so every block still crosses between two
+ * nodes once.
+ */
+typedef struct {
+    int N, L, row, col;  /* rows; my row's length, my row and index */
+    int *first;          /* [N+1] */
+    int *rank;           /* [P] by row, then index */
+    int *row_of, *lidx;  /* [P] by rank */
+} mox__rows_t;
+
+/* Fill g; the caller owns the arrays (first: N+1 <= size+1 ints, the
+ * others size ints). */
+void mox__rows_build(const mox__comm_t *c, int hier, mox__rows_t *g);
+
 /* Elements per pipeline chunk for elements of `elem_bytes` (MOX_RS_CHUNK_SIZE),
  * a multiple of `align` elements (>= 1). */
 uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,

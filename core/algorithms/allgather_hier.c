@@ -1,18 +1,23 @@
 /*
- * Allgather on the grid of core/rsag.h, the mirror of reduce_scatter_hier:
- *  1. along the column (rail peers, over the network for hier): every rank
- *     sends its block, chunk by chunk, to the other ranks of its column,
- *     which receive it straight into place;
- *  2. inside the row (shm for hier): every chunk of the column's blocks
- *     (its own first, the others as they arrive) is forwarded to every row
- *     peer, which receives it straight into place.
- * Each block crosses the network once per destination node; forwarding
- * starts with the first chunk, so the two phases overlap. Flat is one row:
- * every rank sends its block to every other rank directly.
- * Forwarding follows a fixed order (row 0..N-1, chunk 0..), because
- * messages between two ranks with one tag match in posting order.
+ * Allgather on rows of ranks: nodes (hier, of any sizes) or one row of all
+ * ranks (flat); the mirror of reduce_scatter_hier.c. On row n, the block
+ * of a rank r of another row arrives at its "handler" (n, lidx[r] % length
+ * of n): r's rail peer when rows are equal, a fixed rank otherwise. A
+ * rank's "slice" is its own block and the blocks it handles, in rank order
+ * by row (on equal rows: its column, in row order).
+ *  1. across rows (over the network for hier): every rank sends its block,
+ *     chunk by chunk, to its handler on every other row, which receives it
+ *     straight into place;
+ *  2. inside the row (shm for hier): every chunk of the slice (its own
+ *     first, the others as they arrive) is forwarded to every row peer,
+ *     which receives it straight into place.
+ * Each block crosses the network once per destination node, whatever the
+ * node sizes; forwarding starts with the first chunk, so the two phases
+ * overlap. Flat is one row: every rank sends its block to every other rank
+ * directly. Forwarding follows a fixed order (slice block, then chunk),
+ * because messages between two ranks with one tag match in posting order.
  *
- * The first message every rank sends each column and row peer starts with
+ * The first message every rank sends each handler and row peer starts with
  * the agreement header (rsag.h). Data lands in the caller's output, where
  * there is no room for a header in front, so when the first chunk of a
  * peer's stream is at most INLINE_MAX bytes it travels behind the header
@@ -39,6 +44,7 @@ enum { STEP_COL = 2, STEP_ROW = 3 };
 
 enum { HDR_WAIT, HDR_OK, HDR_BAD };
 
+
 /* The messages one rank sends another in one phase. */
 typedef struct {
     uint32_t nseg;   /* data chunks */
@@ -50,20 +56,26 @@ typedef struct {
 
 typedef struct {
     mox_status_t start_error;
-    mox__grid_t g;
+    mox__rows_t g;
     int P, me;
+    int nsb, my_b;              /* slice blocks; mine among them */
+    int *sb_rank;               /* [nsb] whose block slice block b is */
+    uint32_t *slice_seg;        /* [nsb+1] slice chunks, by slice block */
     size_t esz;
     const char *src;
     char *out;
     uint64_t *count, *displ;    /* [P] */
     uint64_t chunk;
-    uint32_t *col_seg;          /* [N+1] my column's chunks, by row */
-    uint32_t fwd;               /* column chunks forwarded so far */
-    stream_t col_out, row_out;  /* what I send column and row peers */
-    stream_t *col_in, *row_in;  /* [N], [L] what each peer sends me */
-    size_t *col_base, *row_base; /* [N], [L] a peer's first receive */
-    size_t *col_slot, *row_slot; /* [N], [L] its staging slot in `stage` */
-    uint8_t *col_ok, *row_ok;   /* [N], [L] its header: HDR_* */
+    uint32_t fwd;               /* slice chunks forwarded so far */
+    stream_t col_out, row_out;  /* what I send handlers and row peers */
+    /* Column peers are indexed by slice block (the ranks whose blocks I
+     * handle; my own index unused), row peers by index in the row. */
+    stream_t *col_in, *row_in;  /* [nsb], [L] what each peer sends me */
+    size_t *col_base, *row_base; /* [nsb], [L] a peer's first receive */
+    size_t *col_slot, *row_slot; /* [nsb], [L] its staging slot in `stage` */
+    uint8_t *col_ok, *row_ok;   /* [nsb], [L] its header: HDR_* */
+    int *row_first;             /* [L] first nonempty block of a row peer's
+                                   slice, or -1 */
     mox_status_t err;           /* a first message failed */
     char *stage;                /* first messages received */
     char *tx_col, *tx_row;      /* first messages sent: HDR + first */
@@ -87,9 +99,40 @@ static uint64_t seg_len(const ag_t *s, int r, uint32_t k)
     return left < s->chunk ? left : s->chunk;
 }
 
+/* Rank (n, l); length of row n. */
 static int rank_at(const ag_t *s, int n, int l)
 {
-    return s->g.rank[n * s->g.L + l];
+    return s->g.rank[s->g.first[n] + l];
+}
+
+static int row_len(const ag_t *s, int n)
+{
+    return s->g.first[n + 1] - s->g.first[n];
+}
+
+/*
+ * The blocks of the stream `peer` sends me, in rank order by row: a rank
+ * of another row sends its own block; a rank (row, l) of mine (me too:
+ * what I send) its slice, that is its own block and, on every other row
+ * n, the blocks of local indices l, l + L, l + 2L, ... below n's length.
+ * Start with *n = 0, *j = -1; returns the next rank, -1 at the end.
+ */
+static int next_block(const ag_t *s, int peer, int *n, int *j)
+{
+    if (s->g.row_of[peer] != s->g.row) {
+        if (*j >= 0)
+            return -1;
+        *j = s->g.lidx[peer];
+        return peer;
+    }
+    for (; *n < s->g.N; (*n)++, *j = -1) {
+        int next = *j < 0 ? s->g.lidx[peer] : *j + s->g.L;
+        if (next < row_len(s, *n)) { /* on my row: l only */
+            *j = next;
+            return rank_at(s, *n, next);
+        }
+    }
+    return -1;
 }
 
 static stream_t stream_of(uint32_t nseg, size_t first_bytes)
@@ -104,29 +147,19 @@ static uint32_t msgs(stream_t x)
     return x.nseg + x.alone ? x.nseg + x.alone : 1; /* a header at least */
 }
 
-/* First rank of column l (in row order) with a nonempty block, or -1. */
-static int first_owner(const ag_t *s, int l)
-{
-    for (int n = 0; n < s->g.N; n++)
-        if (s->count[rank_at(s, n, l)])
-            return rank_at(s, n, l);
-    return -1;
-}
-
-/* The stream of column l's blocks (forwarding order) and of rank r's. */
-static stream_t column_stream(const ag_t *s, int l)
+/* The stream `peer` sends me (or I send, peer = me: my slice), and the
+ * first rank of it with a nonempty block (-1 when none). */
+static stream_t stream_from(const ag_t *s, int peer, int *first)
 {
     uint32_t nseg = 0;
-    for (int n = 0; n < s->g.N; n++)
-        nseg += mox__rsag_nseg(s->count[rank_at(s, n, l)], s->chunk);
-    int r = first_owner(s, l);
-    return stream_of(nseg, r < 0 ? 0 : seg_len(s, r, 0) * s->esz);
-}
-
-static stream_t block_stream(const ag_t *s, int r)
-{
-    uint32_t nseg = mox__rsag_nseg(s->count[r], s->chunk);
-    return stream_of(nseg, nseg ? seg_len(s, r, 0) * s->esz : 0);
+    *first = -1;
+    int n = 0, j = -1;
+    for (int r; (r = next_block(s, peer, &n, &j)) >= 0;) {
+        nseg += mox__rsag_nseg(s->count[r], s->chunk);
+        if (*first < 0 && s->count[r])
+            *first = r;
+    }
+    return stream_of(nseg, *first < 0 ? 0 : seg_len(s, *first, 0) * s->esz);
 }
 
 static int all_done(const mox__treq_t *t, size_t n)
@@ -183,27 +216,34 @@ static void check_first(mox__comm_t *c, ag_t *s, mox__treq_t *q,
  * Headers of column and row peers, as their first messages come. A
  * failure is returned once the first messages every peer sends at the
  * start (column peers; row peers too when the row is every rank) are
- * here, as when headers were messages of their own: a rank that fails at
- * once would leave peers on other nodes in the middle of connecting to
- * it. A mismatch is kept over another error, since it names the pair.
+ * here and my first message to each handler is done, as when headers were
+ * messages of their own: a rank that fails at once would leave peers on
+ * other nodes in the middle of connecting to it. On nodes of different
+ * sizes a handler need not send anything to the ranks whose blocks it
+ * receives, so a message from it cannot tell that it has answered my
+ * connection; my first send to it being done does (leaving before that
+ * made UCX 1.13 abort on the handler's side at teardown, about 1 run in
+ * 50 of a mismatch on 1 + 4 + 3). A mismatch is kept over another error,
+ * since it names the pair.
  */
 static mox_status_t check_headers(mox__comm_t *c, ag_t *s)
 {
     int waiting = 0;
-    for (int n = 0; n < s->g.N; n++) {
-        if (n == s->g.row)
+    for (int d = 0; d < s->g.N - 1; d++)
+        waiting |= !s->col_send[(size_t)d * msgs(s->col_out)].done;
+    for (int b = 0; b < s->nsb; b++) {
+        if (b == s->my_b)
             continue;
-        mox__treq_t *q = &s->col_recv[s->col_base[n]];
-        check_first(c, s, q, s->stage + s->col_slot[n], s->col_in[n],
-                    s->out + s->displ[rank_at(s, n, s->g.col)] * s->esz,
-                    &s->col_ok[n]);
+        mox__treq_t *q = &s->col_recv[s->col_base[b]];
+        check_first(c, s, q, s->stage + s->col_slot[b], s->col_in[b],
+                    s->out + s->displ[s->sb_rank[b]] * s->esz, &s->col_ok[b]);
         waiting |= !q->done;
     }
     for (int l = 0; l < s->g.L; l++) {
         if (l == s->g.col)
             continue;
         mox__treq_t *q = &s->row_recv[s->row_base[l]];
-        int r = first_owner(s, l);
+        int r = s->row_first[l];
         check_first(c, s, q, s->stage + s->row_slot[l], s->row_in[l],
                     r < 0 ? NULL : s->out + s->displ[r] * s->esz,
                     &s->row_ok[l]);
@@ -212,24 +252,24 @@ static mox_status_t check_headers(mox__comm_t *c, ag_t *s)
     return waiting ? MOX_OK : s->err;
 }
 
-/* Column chunk cs: row and chunk; whether it is here; where it is. */
-static int seg_ready(mox__comm_t *c, ag_t *s, uint32_t cs, int *n,
+/* Slice chunk cs: slice block and chunk; whether it is here; where. */
+static int seg_ready(mox__comm_t *c, ag_t *s, uint32_t cs, int *b,
                      uint32_t *k, const char **at, mox_status_t *st)
 {
-    int b = 0;
-    while (s->col_seg[b + 1] <= cs)
-        b++;
-    *n = b;
-    *k = cs - s->col_seg[b];
-    int r = rank_at(s, b, s->g.col);
-    if (b == s->g.row) {
+    int i = 0;
+    while (s->slice_seg[i + 1] <= cs)
+        i++;
+    *b = i;
+    *k = cs - s->slice_seg[i];
+    int r = s->sb_rank[i];
+    if (i == s->my_b) {
         *at = s->src + (uint64_t)*k * s->chunk * s->esz;
         return 1;
     }
-    if (s->col_ok[b] != HDR_OK)
+    if (s->col_ok[i] != HDR_OK)
         return 0;
-    uint32_t m = *k + s->col_in[b].alone;
-    const mox__treq_t *q = &s->col_recv[s->col_base[b] + m];
+    uint32_t m = *k + s->col_in[i].alone;
+    const mox__treq_t *q = &s->col_recv[s->col_base[i] + m];
     if (m && !q->done)
         return 0;
     if (m) /* message 0 was checked with the header */
@@ -238,20 +278,20 @@ static int seg_ready(mox__comm_t *c, ag_t *s, uint32_t cs, int *n,
     return 1;
 }
 
-/* Forward every column chunk that is here, in order, to the row. */
+/* Forward every slice chunk that is here, in order, to the row. */
 static mox_status_t forward(mox__comm_t *c, ag_t *s, uint64_t tag)
 {
-    uint32_t total = s->col_seg[s->g.N], per_peer = msgs(s->row_out);
+    uint32_t total = s->slice_seg[s->nsb], per_peer = msgs(s->row_out);
     while (s->fwd < total) {
-        int n;
+        int b;
         uint32_t k;
         const char *at;
         mox_status_t st = MOX_OK;
-        if (!seg_ready(c, s, s->fwd, &n, &k, &at, &st))
+        if (!seg_ready(c, s, s->fwd, &b, &k, &at, &st))
             return MOX_OK;
         if (st != MOX_OK)
             return st;
-        size_t bytes = seg_len(s, rank_at(s, n, s->g.col), k) * s->esz;
+        size_t bytes = seg_len(s, s->sb_rank[b], k) * s->esz;
         uint32_t m = s->fwd + s->row_out.alone;
         if (m == 0) { /* chunk 0 behind the header */
             memcpy(s->tx_row + HDR, at, bytes);
@@ -278,9 +318,10 @@ static mox_status_t check_row(mox__comm_t *c, ag_t *s)
     for (int l = 0; l < s->g.L; l++) {
         if (l == s->g.col)
             continue;
+        int peer = rank_at(s, s->g.row, l);
         uint32_t cs = 0, alone = s->row_in[l].alone;
-        for (int n = 0; n < s->g.N; n++) {
-            int r = rank_at(s, n, l);
+        int n = 0, j = -1;
+        for (int r; (r = next_block(s, peer, &n, &j)) >= 0;) {
             for (uint32_t k = 0; k < mox__rsag_nseg(s->count[r], s->chunk);
                  k++, cs++) {
                 if (cs + alone == 0)
@@ -309,7 +350,7 @@ static mox_status_t progress(struct mox_req *req)
         return MOX_IN_PROGRESS; /* reported by check_headers when due */
     if ((st = forward(c, s, mox__tag(req->seq, STEP_ROW))) != MOX_OK)
         return st;
-    if (s->fwd < s->col_seg[s->g.N] || !all_done(s->t, s->nt))
+    if (s->fwd < s->slice_seg[s->nsb] || !all_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
     if ((st = check_headers(c, s)) != MOX_OK) /* those done just now */
         return st;
@@ -318,16 +359,16 @@ static mox_status_t progress(struct mox_req *req)
     return mox__treqs_check(c, s->t, s->nt, "allgather");
 }
 
-/* Receives of one peer's stream, the blocks of rows n0..n1-1 of column
- * l: message 0 into its staging slot, the other chunks in place. */
+/* Receives of one peer's stream (the blocks it carries, in rank order by
+ * row): message 0 into its staging slot, the other chunks in place. */
 static mox_status_t post_stream_recv(mox__comm_t *c, ag_t *s, int peer,
                                      uint64_t tag, stream_t x, char *slot,
-                                     int l, int n0, int n1, mox__treq_t *q)
+                                     mox__treq_t *q)
 {
     mox_status_t st = mox__irecv(c, peer, tag, slot, HDR + x.first, q++);
     int skip = !x.alone; /* chunk 0 comes with the header */
-    for (int n = n0; n < n1 && st == MOX_OK; n++) {
-        int r = rank_at(s, n, l);
+    int n = 0, j = -1;
+    for (int r; st == MOX_OK && (r = next_block(s, peer, &n, &j)) >= 0;) {
         for (uint32_t k = 0; k < mox__rsag_nseg(s->count[r], s->chunk) &&
                              st == MOX_OK; k++) {
             if (skip) {
@@ -348,22 +389,21 @@ static mox_status_t post_initial(struct mox_req *req, ag_t *s)
     mox__comm_t *c = req->comm;
     mox_status_t st = MOX_OK;
     int N = s->g.N, L = s->g.L;
-    /* Column: receive the other rows' blocks of my column, send mine. */
+    /* Across rows: receive the blocks I handle, send mine to my handler
+     * on every other row. */
     uint64_t tag = mox__tag(req->seq, STEP_COL);
-    for (int n = 0; n < N && st == MOX_OK; n++) {
-        if (n == s->g.row)
-            continue;
-        st = post_stream_recv(c, s, rank_at(s, n, s->g.col), tag,
-                              s->col_in[n], s->stage + s->col_slot[n],
-                              s->g.col, n, n + 1,
-                              &s->col_recv[s->col_base[n]]);
-    }
+    for (int b = 0; b < s->nsb && st == MOX_OK; b++)
+        if (b != s->my_b)
+            st = post_stream_recv(c, s, s->sb_rank[b], tag, s->col_in[b],
+                                  s->stage + s->col_slot[b],
+                                  &s->col_recv[s->col_base[b]]);
     memcpy(s->tx_col, s->hdr_out, HDR);
     if (s->col_out.first)
         memcpy(s->tx_col + HDR, s->src, s->col_out.first);
     size_t is = 0;
     for (int d = 1; d < N && st == MOX_OK; d++) {
-        int r = rank_at(s, (s->g.row + d) % N, s->g.col);
+        int n = (s->g.row + d) % N;
+        int r = rank_at(s, n, s->g.col % row_len(s, n));
         st = mox__isend(c, r, tag, s->tx_col, HDR + s->col_out.first,
                         &s->col_send[is++]);
         uint32_t k0 = s->col_out.alone ? 0 : 1;
@@ -372,13 +412,13 @@ static mox_status_t post_initial(struct mox_req *req, ag_t *s)
                             s->src + (uint64_t)k * s->chunk * s->esz,
                             seg_len(s, s->me, k) * s->esz, &s->col_send[is++]);
     }
-    /* Row: from each row peer, its column's blocks in forwarding order. */
+    /* Row: from each row peer, its slice in forwarding order. */
     tag = mox__tag(req->seq, STEP_ROW);
     for (int l = 0; l < L && st == MOX_OK; l++)
         if (l != s->g.col)
             st = post_stream_recv(c, s, rank_at(s, s->g.row, l), tag,
-                                  s->row_in[l], s->stage + s->row_slot[l], l,
-                                  0, N, &s->row_recv[s->row_base[l]]);
+                                  s->row_in[l], s->stage + s->row_slot[l],
+                                  &s->row_recv[s->row_base[l]]);
     /* The header alone goes now, chunk 0 behind it when it is here: at
      * once when it is mine, so that a rank that fails on a peer's header
      * has still sent its own to every rank it talks to. */
@@ -394,7 +434,7 @@ static mox_status_t post_initial(struct mox_req *req, ag_t *s)
 /* Streams, request counts and buffer offsets; NULL base = sizes only. */
 static size_t layout(ag_t *s, char *base)
 {
-    int N = s->g.N, L = s->g.L;
+    int L = s->g.L, B = s->nsb;
     size_t off = 0;
 #define PLACE(field, bytes)                                                    \
     do {                                                                       \
@@ -402,25 +442,28 @@ static size_t layout(ag_t *s, char *base)
             s->field = (void *)(base + off);                                   \
         off += ((size_t)(bytes) + 63) & ~(size_t)63;                           \
     } while (0)
-    PLACE(col_in, (size_t)N * sizeof(stream_t));
+    PLACE(col_in, (size_t)B * sizeof(stream_t));
     PLACE(row_in, (size_t)L * sizeof(stream_t));
-    PLACE(col_base, (size_t)N * sizeof(size_t));
+    PLACE(col_base, (size_t)B * sizeof(size_t));
     PLACE(row_base, (size_t)L * sizeof(size_t));
-    PLACE(col_slot, (size_t)N * sizeof(size_t));
+    PLACE(col_slot, (size_t)B * sizeof(size_t));
     PLACE(row_slot, (size_t)L * sizeof(size_t));
-    PLACE(col_ok, N);
+    PLACE(col_ok, B);
     PLACE(row_ok, L);
+    PLACE(row_first, (size_t)L * sizeof(int));
     PLACE(tx_col, HDR + s->col_out.first);
     PLACE(tx_row, HDR + s->row_out.first);
     size_t stage = 0, nr = 0;
-    for (int n = 0; n < N; n++) {
-        stream_t x = block_stream(s, rank_at(s, n, s->g.col));
+    for (int b = 0; b < B; b++) {
+        int first;
+        stream_t x = b == s->my_b ? s->col_out
+                                  : stream_from(s, s->sb_rank[b], &first);
         if (base) {
-            s->col_in[n] = x;
-            s->col_base[n] = nr;
-            s->col_slot[n] = stage;
+            s->col_in[b] = x;
+            s->col_base[b] = nr;
+            s->col_slot[b] = stage;
         }
-        if (n != s->g.row) {
+        if (b != s->my_b) {
             nr += msgs(x);
             stage += (HDR + x.first + 7) & ~(size_t)7;
         }
@@ -428,11 +471,13 @@ static size_t layout(ag_t *s, char *base)
     s->n_col_recv = nr;
     nr = 0;
     for (int l = 0; l < L; l++) {
-        stream_t x = column_stream(s, l);
+        int first;
+        stream_t x = stream_from(s, rank_at(s, s->g.row, l), &first);
         if (base) {
             s->row_in[l] = x;
             s->row_base[l] = nr;
             s->row_slot[l] = stage;
+            s->row_first[l] = first;
         }
         if (l != s->g.col) {
             nr += msgs(x);
@@ -440,7 +485,7 @@ static size_t layout(ag_t *s, char *base)
         }
     }
     s->n_row_recv = nr;
-    s->n_col_send = (size_t)(N - 1) * msgs(s->col_out);
+    s->n_col_send = (size_t)(s->g.N - 1) * msgs(s->col_out);
     s->n_row_send = (size_t)(L - 1) * msgs(s->row_out);
     s->nt = s->n_col_recv + s->n_col_send + s->n_row_send + s->n_row_recv;
     PLACE(stage, stage);
@@ -449,23 +494,44 @@ static size_t layout(ag_t *s, char *base)
     return off;
 }
 
+
+/* My slice: my block and those I handle, in rank order by row. */
+static void plan_slice(ag_t *s)
+{
+    s->nsb = 0;
+    s->slice_seg[0] = 0;
+    int n = 0, j = -1;
+    for (int r, b = 0; (r = next_block(s, s->me, &n, &j)) >= 0; b++) {
+        if (r == s->me)
+            s->my_b = b;
+        s->sb_rank[b] = r;
+        s->slice_seg[b + 1] = s->slice_seg[b] +
+                              mox__rsag_nseg(s->count[r], s->chunk);
+        s->nsb = b + 1;
+    }
+}
+
 mox_status_t mox__allgather_hier(struct mox_req *req,
                                  const mox__ag_args_t *a)
 {
     mox__comm_t *c = req->comm;
     int P = c->size;
-    ag_t *s = calloc(1, sizeof *s + (size_t)P * (sizeof(int) +
-                                                 2 * sizeof(uint64_t)) +
-                            ((size_t)P + 1) * sizeof(uint32_t));
+    ag_t *s = calloc(1, sizeof *s + 2 * (size_t)P * sizeof(uint64_t) +
+                            ((size_t)P + 1) * sizeof(uint32_t) +
+                            (5 * (size_t)P + 1) * sizeof(int));
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "allgather: no memory");
     req->state = s;
     req->cleanup = free_state;
     s->count = (uint64_t *)(s + 1);
     s->displ = s->count + P;
-    s->g.rank = (int *)(s->displ + P);
-    s->col_seg = (uint32_t *)(s->g.rank + P);
-    mox__grid_build(c, a->hier, &s->g);
+    s->slice_seg = (uint32_t *)(s->displ + P);
+    s->g.rank = (int *)(s->slice_seg + P + 1);
+    s->g.row_of = s->g.rank + P;
+    s->g.lidx = s->g.row_of + P;
+    s->sb_rank = s->g.lidx + P;
+    s->g.first = s->sb_rank + P;
+    mox__rows_build(c, a->hier, &s->g);
     s->P = P;
     s->me = c->rank;
     s->esz = mox__dtype_size(a->dtype);
@@ -474,13 +540,12 @@ mox_status_t mox__allgather_hier(struct mox_req *req,
     memcpy(s->count, a->counts, (size_t)P * sizeof(uint64_t));
     memcpy(s->displ, a->displs, (size_t)P * sizeof(uint64_t));
     s->chunk = mox__rsag_chunk(c, s->esz, 1);
-    int N = s->g.N;
-    s->col_seg[0] = 0;
-    for (int n = 0; n < N; n++)
-        s->col_seg[n + 1] = s->col_seg[n] +
-            mox__rsag_nseg(s->count[rank_at(s, n, s->g.col)], s->chunk);
-    s->col_out = block_stream(s, s->me);
-    s->row_out = column_stream(s, s->g.col);
+    plan_slice(s);
+    int first;
+    s->col_out = stream_of(mox__rsag_nseg(s->count[s->me], s->chunk),
+                           s->count[s->me] ? seg_len(s, s->me, 0) * s->esz
+                                           : 0);
+    s->row_out = stream_from(s, s->me, &first);
     size_t bytes = layout(s, NULL);
     s->mem = calloc(1, bytes);
     if (!s->mem)

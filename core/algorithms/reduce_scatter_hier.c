@@ -3,7 +3,7 @@
  * all ranks (flat). On equal nodes the ranks form an N x L grid whose
  * columns are rails; on unequal nodes a rank of node n handles, for every
  * other node, the blocks of the ranks whose local index is its own modulo
- * n's size (see rows_t below), so each block still leaves a node once.
+ * n's size (mox__rows_t in core/rsag.h), so each block still leaves a node once.
  *
  *  1. inside a row (shm for hier): every rank sends each row peer, straight
  *     from its input, the blocks of that peer's column (the peer's "rail
@@ -44,24 +44,10 @@ enum { STEP_ROW = 2, STEP_COL = 3 };
  * packed message 8-byte aligned. */
 #define ALIGN8(x) (((size_t)(x) + 7) & ~(size_t)7)
 
-/*
- * Rows of possibly different lengths: nodes (hier) or one row of all ranks
- * (flat). Rank (n, l) is rank[first[n] + l]. On row n, the block of a rank
- * r of another row is reduced by (n, lidx[r] % length of n), its "handler":
- * r's rail peer when rows are equal, and a fixed rank otherwise, so every
- * block still leaves each node once, reduced, on nodes of any sizes.
- */
-typedef struct {
-    int N, L, row, col;  /* rows; my row's length, my row and index */
-    int *first;          /* [N+1] */
-    int *rank;           /* [P] by row, then index */
-    int *row_of, *lidx;  /* [P] by rank */
-} rows_t;
-
 typedef struct {
     mox_status_t start_error;
     int col_hdr_checked;
-    rows_t g;
+    mox__rows_t g;
     int nsb, my_b, nslot;          /* slice blocks; mine among them; header
                                       slots (L-1 + nsb-1) */
     int *sb_rank;                  /* [nsb] owner of each slice block */
@@ -696,25 +682,6 @@ static void plan(rs_t *s)
             (size_t)(N - 1) * s->ncr;
 }
 
-/* Rows: nodes of any sizes (hier) or one row of all ranks (flat). */
-static void build_rows(const mox__comm_t *c, int hier, rows_t *g)
-{
-    g->N = hier ? c->topo.num_nodes : 1;
-    g->first[0] = 0;
-    for (int n = 0; n < g->N; n++) {
-        int len = hier ? mox__topo_local_size(&c->topo, n) : c->size;
-        g->first[n + 1] = g->first[n] + len;
-        for (int l = 0; l < len; l++) {
-            int r = hier ? mox__topo_rank_at(&c->topo, n, l) : l;
-            g->rank[g->first[n] + l] = r;
-            g->row_of[r] = n;
-            g->lidx[r] = l;
-        }
-    }
-    g->row = g->row_of[c->rank];
-    g->col = g->lidx[c->rank];
-    g->L = g->first[g->row + 1] - g->first[g->row];
-}
 
 mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
                                       const mox__rs_args_t *a)
@@ -739,7 +706,7 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
     s->g.lidx = s->g.row_of + P;
     s->sb_rank = s->g.lidx + P;
     s->g.first = s->sb_rank + P;
-    build_rows(c, a->hier, &s->g);
+    mox__rows_build(c, a->hier, &s->g);
     s->P = P;
     s->me = c->rank;
     s->dt = a->dtype;

@@ -42,7 +42,10 @@ static void usage(FILE *f)
                "out of each node once,\n  node-reduced: the job's "
                "inter-node bytes (two runs) equal 2 x sum over nodes of\n"
                "  (remote elements x accumulator size + one 40-byte header "
-               "per remote rank)\n");
+               "per remote rank);\n  allgather(v) must bring each block "
+               "into each other node once: 2 x sum over\n  nodes of "
+               "(remote elements x type size + one 40-byte header per "
+               "remote rank)\n");
 }
 
 static const char *dt_names[] = {"u8", "i32", "i64", "f16", "bf16", "f32",
@@ -374,15 +377,30 @@ static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
     return st;
 }
 
-/* The pipelined hierarchical reduce-scatter sends every block out of
- * every other node exactly once, in the accumulator type (f32 for 16-bit
- * floats), with one agreement header per (sending rank, owner) pair; two
- * runs were made. Compare the job's inter-node bytes with that. */
+/*
+ * The job's inter-node bytes over the two runs of an iteration against the
+ * volume of the pipelined hierarchical algorithms: for every rank r and
+ * every node n other than r's, count[r] x elem_bytes once plus one 40-byte
+ * agreement header, per run.
+ * Reduce-scatter: each node sends r the partial of r's block reduced on
+ * that node, once, in the accumulator type (elem_bytes 4 for 16-bit
+ * floats), from one rank of n (the one that handles r's block there): one
+ * (sender, receiver) pair per (n, r), so one header.
+ * Allgather: r sends its block to one rank of each other node n, its
+ * handler there (local index r's modulo n's size), which forwards it
+ * through shm; so one (sender, receiver) pair across nodes per (r, n), and
+ * its first message carries the one header of that stream: in front of
+ * chunk 0, alone before a first chunk above 64 KiB, or alone when r's
+ * block is empty; either way 40 bytes. Flat sends r's block to every rank
+ * of n (and a header to each), so on a node of more than one rank it
+ * exceeds this.
+ */
 static int check_inter(mox_comm_t comm, const opts_t *o,
                        const uint64_t *counts, uint64_t mine)
 {
-    size_t acc = o->dt == MOX_DTYPE_F16 || o->dt == MOX_DTYPE_BF16
-                     ? 4 : dt_size[o->dt];
+    int wide = o->coll[0] != 'a' &&
+               (o->dt == MOX_DTYPE_F16 || o->dt == MOX_DTYPE_BF16);
+    size_t elem_bytes = wide ? 4 : dt_size[o->dt];
     uint64_t *all = malloc((size_t)P * sizeof *all);
     int *node = malloc((size_t)P * sizeof *node), local, nodes = 0;
     mox_status_t st = mox_allgather(comm, &mine, all, 1, MOX_DTYPE_I64);
@@ -396,13 +414,13 @@ static int check_inter(mox_comm_t comm, const opts_t *o,
     for (int n = 0; n < nodes; n++)
         for (int r = 0; r < P; r++)
             if (node[r] != n)
-                want += 2 * (counts[r] * acc + 40);
+                want += 2 * (counts[r] * elem_bytes + 40);
     free(all);
     free(node);
     if (st != MOX_OK)
         return fail(comm, "check-inter", st);
     if (got != want) {
-        printf("rank %d: inter-node bytes %" PRIu64 ", node-reduced volume "
+        printf("rank %d: inter-node bytes %" PRIu64 ", hierarchical volume "
                "%" PRIu64 "\n", me, got, want);
         return 1;
     }
@@ -481,6 +499,8 @@ static int iter_ag(mox_comm_t comm, const opts_t *o, uint64_t it)
     for (uint64_t i = 0; i < counts[me]; i++)
         store(o->dt, send, i, value(o, it, me, i));
     int bad = 0;
+    mox_stats_t before = {.struct_size = sizeof before}, after = before;
+    mox_comm_stats(comm, &before);
     for (int rep = 0; rep < 2 && !bad; rep++) {
         memset(out[rep], 0xa5, total * es);
         const void *sb = send;
@@ -503,6 +523,7 @@ static int iter_ag(mox_comm_t comm, const opts_t *o, uint64_t it)
         if (st != MOX_OK)
             bad = fail(comm, "allgather", st);
     }
+    mox_comm_stats(comm, &after);
     char *want = malloc(total * es + 1);
     memset(want, 0xa5, total * es);
     for (int r = 0; r < P && !bad; r++)
@@ -517,6 +538,9 @@ static int iter_ag(mox_comm_t comm, const opts_t *o, uint64_t it)
                    me, i, rep);
             bad = 1;
         }
+    if (!bad && o->check_inter)
+        bad = check_inter(comm, o, counts,
+                          after.bytes_inter - before.bytes_inter);
     free(want);
     free(counts);
     free(send);
