@@ -98,6 +98,13 @@ void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf)
     mox__put64(p + 32, h->mine);
 }
 
+void mox__rsag_hdr_encode_abort(const mox__rsag_hdr_t *h, void *buf)
+{
+    mox__rsag_hdr_t a = *h;
+    a.kind = MOX_RSAG_KIND_ABORT;
+    mox__rsag_hdr_encode(&a, buf);
+}
+
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
                                  const void *buf, size_t len,
                                  const mox__rsag_hdr_t *mine)
@@ -108,6 +115,11 @@ mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
         return mox__fail(c, MOX_ERR_PROTOCOL, "%s: malformed agreement "
                          "header from rank %d (%zu bytes)", what, peer, len);
     uint32_t kind = mox__get32(p + 4);
+    if (kind == MOX_RSAG_KIND_ABORT)
+        return mox__fail(c, MOX_ERR_MISMATCH, "%s: rank %d gave up at "
+                         "sequence %llu: ranks disagree on counts, dtype, op "
+                         "or block size (rank %d's error names them)", what,
+                         peer, (unsigned long long)mine->seq, peer);
     if (kind != mine->kind)
         return mox__fail(c, MOX_ERR_MISMATCH, "%s: rank %d called another "
                          "collective (kind %u) than rank %d (kind %u) at "

@@ -98,7 +98,10 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
 
 /* Agreement header: what must be equal on every rank. */
 #define MOX_RSAG_HDR_BYTES 40
-enum { MOX_RSAG_KIND_RS = 1, MOX_RSAG_KIND_RS_SPARSE = 2, MOX_RSAG_KIND_AG = 3 };
+enum { MOX_RSAG_KIND_RS = 1, MOX_RSAG_KIND_RS_SPARSE = 2, MOX_RSAG_KIND_AG = 3,
+       /* sent alone by a rank that found a disagreement, to the peers
+        * still waiting for its first message: they fail naming it */
+       MOX_RSAG_KIND_ABORT = 0xff };
 typedef struct {
     uint32_t kind;
     uint64_t seq;
@@ -110,6 +113,8 @@ typedef struct {
 uint64_t mox__rsag_hash(uint32_t kind, int dtype, int op, uint64_t block,
                         const uint64_t *counts, int P);
 void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf);
+/* The same header with kind MOX_RSAG_KIND_ABORT. */
+void mox__rsag_hdr_encode_abort(const mox__rsag_hdr_t *h, void *buf);
 /* Compare a received header with ours; MOX_ERR_MISMATCH (or
  * MOX_ERR_PROTOCOL for garbage) naming `peer` and this rank. */
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,

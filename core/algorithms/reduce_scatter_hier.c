@@ -46,7 +46,8 @@ enum { STEP_ROW = 2, STEP_COL = 3 };
 
 typedef struct {
     mox_status_t start_error;
-    int col_hdr_checked;
+    mox_status_t err;              /* a failed header: reported once my
+                                      first messages are out */
     mox__rows_t g;
     int nsb, my_b, nslot;          /* slice blocks; mine among them; header
                                       slots (L-1 + nsb-1) */
@@ -87,7 +88,9 @@ typedef struct {
     uint32_t *cursor;              /* [nsb] next segment to send its owner */
     mox__rsag_hdr_t hdr;
     unsigned char hdr_out[HDR];
+    unsigned char hdr_abort[HDR];  /* sent after a failed header */
     uint8_t *row_hdr_ok;           /* [L-1] row peer's header checked */
+    uint8_t *col_hdr_ok;           /* [N-1] column peer's header checked */
     mox__iov_t (*hiov)[2];         /* [nslot] header sends' pieces */
     void **stage;                  /* [nslot] their copies, if any */
     mox__treq_t *t;
@@ -401,20 +404,66 @@ static mox_status_t check_row_headers(mox__comm_t *c, rs_t *s)
     return MOX_OK;
 }
 
-/* Headers of the column peers (all here): before their partials are read. */
+/* Headers that start the first message of each column peer, as they
+ * come (a mismatch shows at once, not after every chunk). */
 static mox_status_t check_col_headers(mox__comm_t *c, rs_t *s)
 {
     uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
-    for (int ni = 0; ni < s->g.N - 1 && !s->col_hdr_checked; ni++) {
+    for (int ni = 0; ni < s->g.N - 1; ni++) {
+        mox__treq_t *q = &s->col_recv[(size_t)ni * s->ncr];
+        if (s->col_hdr_ok[ni] || !q->done)
+            continue;
         mox_status_t st = mox__rsag_recv_hdr(
-            c, "reduce_scatter", &s->col_recv[(size_t)ni * s->ncr],
+            c, "reduce_scatter", q,
             s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[0] - HDR,
             &s->hdr);
         if (st != MOX_OK)
             return st;
+        s->col_hdr_ok[ni] = 1;
     }
-    s->col_hdr_checked = 1;
     return MOX_OK;
+}
+
+/* Index in col_send of the first message to the owner of slice block b. */
+static size_t col_first(const rs_t *s, int b)
+{
+    size_t base = 0;
+    for (int x = 0; x < b; x++)
+        if (x != s->my_b)
+            base += nmsg(s->slice_seg[x + 1] - s->slice_seg[x]);
+    return base;
+}
+
+/*
+ * A header did not match: every owner that has not had my first message
+ * yet gets my header alone, so that it names the mismatch too instead of
+ * waiting for chunks that will not come, and the error is returned once
+ * those first messages are out (a rank that leaves at once can break a
+ * peer on another node still connecting to it).
+ */
+static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
+                                       rs_t *s, mox_status_t err)
+{
+    if (s->err == MOX_OK) {
+        s->err = err;
+        mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
+        for (int b = 0; b < s->nsb; b++) {
+            mox__treq_t *q = &s->col_send[col_first(s, b)];
+            if (b == s->my_b || q->posted)
+                continue;
+            int h = col_slot(s, b);
+            (void)mox__rsag_isend_hdr(c, s->sb_rank[b],
+                                      mox__tag(req->seq, STEP_COL),
+                                      s->hdr_abort, NULL, 0, s->hiov[h],
+                                      &s->stage[h], q);
+        }
+    }
+    for (int b = 0; b < s->nsb; b++) {
+        const mox__treq_t *q = &s->col_send[col_first(s, b)];
+        if (b != s->my_b && q->posted && !q->done)
+            return MOX_IN_PROGRESS;
+    }
+    return s->err;
 }
 
 static int all_done(const mox__treq_t *t, size_t n)
@@ -425,14 +474,15 @@ static int all_done(const mox__treq_t *t, size_t n)
     return 1;
 }
 
-static mox_status_t progress(struct mox_req *req)
+static mox_status_t step(struct mox_req *req)
 {
     rs_t *s = req->state;
     mox__comm_t *c = req->comm;
     mox_status_t st = s->start_error;
     if (st != MOX_OK)
         return st;
-    if ((st = check_row_headers(c, s)) != MOX_OK)
+    if ((st = check_row_headers(c, s)) != MOX_OK ||
+        (st = check_col_headers(c, s)) != MOX_OK)
         return st;
     int pending = 0;
     for (uint32_t ss = 0; ss < s->nss; ss++) {
@@ -465,6 +515,15 @@ static mox_status_t progress(struct mox_req *req)
                               "reduce_scatter send");
     if (st == MOX_OK)
         st = finish_block(c, s);
+    return st;
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    rs_t *s = req->state;
+    mox_status_t st = s->err != MOX_OK ? s->err : step(req);
+    if (st == MOX_ERR_MISMATCH || st == MOX_ERR_PROTOCOL)
+        return fail_after_headers(req->comm, req, s, st);
     return st;
 }
 
@@ -579,6 +638,7 @@ static size_t layout(rs_t *s, char *base)
     PLACE(pack2_off, ((size_t)s->nss + 1) * sizeof(size_t));
     PLACE(seg_done, s->nss);
     PLACE(row_hdr_ok, L - 1);
+    PLACE(col_hdr_ok, N - 1);
     PLACE(hiov, (size_t)s->nslot * sizeof *s->hiov);
     PLACE(stage, (size_t)s->nslot * sizeof *s->stage);
     PLACE(acc, slice * s->asz);

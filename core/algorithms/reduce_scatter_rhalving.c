@@ -38,6 +38,8 @@ enum { STEP_ROW = 1, STEP_FOLD = 2, STEP_UNFOLD = 3, STEP_HALVE = 8 };
 
 typedef struct {
     mox_status_t start_error;
+    mox_status_t err;            /* a failed header: reported once my
+                                    messages are out */
     mox__grid_t g;
     int P, me, N2, nsteps, step; /* step: next halving step to run */
     int phase;                   /* see enum below */
@@ -58,6 +60,7 @@ typedef struct {
     char *rx_step;               /* HDR + half, per step */
     size_t *rx_step_off;         /* [nsteps] */
     unsigned char hdr_out[HDR];
+    unsigned char hdr_abort[HDR]; /* sent after a failed header */
     mox__rsag_hdr_t hdr;
     mox__iov_t (*hiov)[2];       /* [nsteps + 2] */
     void **stage;                /* [nsteps + 2] */
@@ -186,7 +189,7 @@ static mox_status_t post_step(mox__comm_t *c, struct mox_req *req, rh_t *s,
                     vbegin(s, ga), vbegin(s, gb), i, &s->step_send[i]);
 }
 
-static mox_status_t progress(struct mox_req *req)
+static mox_status_t step(struct mox_req *req)
 {
     rh_t *s = req->state;
     mox__comm_t *c = req->comm;
@@ -266,6 +269,50 @@ static mox_status_t progress(struct mox_req *req)
                             : s->acc + s->voff[s->vpos[s->g.row]] * s->asz;
     mox__reduce_finish(s->op, s->dt, s->out, res, s->count[s->me], s->P);
     return MOX_OK;
+}
+
+/*
+ * A header did not match: every column peer I have not sent to yet gets my
+ * header alone, so that it names the mismatch too instead of waiting for a
+ * message that will not come, and the error is returned once those
+ * messages are out.
+ */
+static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
+                                       rh_t *s, mox_status_t err)
+{
+    if (s->err == MOX_OK) {
+        s->err = err;
+        mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
+        int extra = s->g.row >= s->N2;
+        for (int i = 0; i < s->nsteps; i++) {
+            int ka, kb, ga, gb, p;
+            step_halves(s, i, &ka, &kb, &ga, &gb, &p);
+            if (!s->step_send[i].posted)
+                (void)mox__rsag_isend_hdr(
+                    c, col_peer(s, p), mox__tag(req->seq, STEP_HALVE + i),
+                    s->hdr_abort, NULL, 0, s->hiov[i], &s->stage[i],
+                    &s->step_send[i]);
+        }
+        int to = extra ? s->g.row - s->N2 : s->g.row + s->N2;
+        if (!s->fold_send->posted && (extra || to < s->g.N))
+            (void)mox__rsag_isend_hdr(
+                c, col_peer(s, to),
+                mox__tag(req->seq, extra ? STEP_FOLD : STEP_UNFOLD),
+                s->hdr_abort, NULL, 0, s->hiov[s->nsteps + 1],
+                &s->stage[s->nsteps + 1], s->fold_send);
+    }
+    if (!all_done(s->step_send, (size_t)s->nsteps) || !all_done(s->fold_send, 1))
+        return MOX_IN_PROGRESS;
+    return s->err;
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    rh_t *s = req->state;
+    mox_status_t st = s->err != MOX_OK ? s->err : step(req);
+    if (st == MOX_ERR_MISMATCH || st == MOX_ERR_PROTOCOL)
+        return fail_after_headers(req->comm, req, s, st);
+    return st;
 }
 
 static mox_status_t post_initial(struct mox_req *req, rh_t *s)
