@@ -51,6 +51,12 @@ typedef enum {
     X(net_devices, "MOX_NET_DEVICES", MOX_CFG_STRING, "", NULL, 0, 0,          \
       "UCX network devices between nodes (UCX_NET_DEVICES syntax; "            \
       "default: all)")                                                         \
+    X(net_eager_max, "MOX_NET_EAGER_MAX", MOX_CFG_STRING, "auto", NULL, 0, 0, \
+      "largest message between nodes sent eagerly, without UCX's rendezvous " \
+      "handshake (UCX RNDV_THRESH): a size such as 1M, ucx (UCX's choice) "    \
+      "or auto = 64M when MOX_NET_TLS is tcp (a handshake per message "        \
+      "waits on a busy peer), UCX's choice otherwise; UCX_RNDV_THRESH in "     \
+      "the environment wins")                                                  \
     X(shm_slot_bytes, "MOX_SHM_SLOT_SIZE", MOX_CFG_SIZE, "64k", NULL, 4096,    \
       1 << 26, "bytes per slot of a shared-memory channel")                    \
     X(shm_slots, "MOX_SHM_SLOTS", MOX_CFG_INT, "8", NULL, 2, 1024,             \
@@ -95,6 +101,12 @@ typedef enum {
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
+    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "16k", NULL, 0,               \
+      (int64_t)1 << 20,                                                        \
+      "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
+      "this size go through the shm segment's collective area when all "      \
+      "ranks share one node (the segment holds 2 slots of this size per "      \
+      "local rank; same value on every rank; 0 disables)")                     \
     X(rs_chunk_bytes, "MOX_RS_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 4096,     \
       (int64_t)1 << 34,                                                        \
       "reduce-scatter/allgather pipeline chunk (bytes of input per message); " \

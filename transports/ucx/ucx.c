@@ -65,6 +65,36 @@ static void log_ep(ucp_ep_h ep, int peer)
     free(text);
 }
 
+/*
+ * RNDV_THRESH from MOX_NET_EAGER_MAX (*value stays NULL: leave UCX's).
+ * Over TCP a rendezvous costs a handshake through the receiving process,
+ * which on a busy node waits for that process to run; measured on 4
+ * emulated nodes x 2 ranks (2 cores), eager sends took a 8 MiB
+ * reduce-scatter from 1.75 to 1.37 x the link bound and an MoE dispatch
+ * from 1.55 to 1.24 x.
+ */
+static mox_status_t eager_max(const mox__config_t *cfg, const char *tls,
+                              char *buf, size_t len, const char **value,
+                              char *why, size_t why_len)
+{
+    const char *v = cfg->net_eager_max_str ? cfg->net_eager_max_str : "auto";
+    *value = NULL;
+    if (getenv("UCX_RNDV_THRESH") || !strcmp(v, "ucx"))
+        return MOX_OK;
+    int64_t bytes = !strcmp(v, "auto") ? (strcmp(tls, "tcp") ? -1 : 64 << 20)
+                                       : mox__parse_size(v);
+    if (strcmp(v, "auto") && bytes < 0) {
+        snprintf(why, why_len, "MOX_NET_EAGER_MAX=\"%s\" is not valid: "
+                 "expected auto, ucx or a byte size such as 1M", v);
+        return MOX_ERR_CONFIG;
+    }
+    if (bytes >= 0) {
+        snprintf(buf, len, "%lld", (long long)bytes);
+        *value = buf;
+    }
+    return MOX_OK;
+}
+
 static mox_status_t open_worker(mox__transport_t *tp, ucp_address_t **addr,
                                 size_t *addr_len, char *why, size_t why_len)
 {
@@ -94,8 +124,23 @@ static mox_status_t open_worker(mox__transport_t *tp, ucp_address_t **addr,
             return MOX_ERR_CONFIG;
         }
     }
-    MOX_DEBUG("ucx", "UCX %s, TLS=%s NET_DEVICES=%s", ucp_get_version_string(),
-              tls, *devs ? devs : "(all)");
+    const char *rndv = NULL;
+    char rndv_buf[32];
+    mox_status_t st = eager_max(cfg, tls, rndv_buf, sizeof rndv_buf, &rndv,
+                                why, why_len);
+    if (st == MOX_OK && rndv &&
+        (us = ucp_config_modify(ucfg, "RNDV_THRESH", rndv)) != UCS_OK) {
+        snprintf(why, why_len, "UCX rejects RNDV_THRESH=%s (MOX_NET_EAGER_MAX):"
+                 " %s", rndv, ucs_status_string(us));
+        st = MOX_ERR_CONFIG;
+    }
+    if (st != MOX_OK) {
+        ucp_config_release(ucfg);
+        return st;
+    }
+    MOX_DEBUG("ucx", "UCX %s, TLS=%s NET_DEVICES=%s RNDV_THRESH=%s",
+              ucp_get_version_string(), tls, *devs ? devs : "(all)",
+              rndv ? rndv : "(UCX's)");
 
     ucp_params_t params = {
         .field_mask = UCP_PARAM_FIELD_FEATURES | UCP_PARAM_FIELD_REQUEST_SIZE |
