@@ -1,7 +1,9 @@
 /* mox_allgather(v): argument checks and algorithm choice:
  * core/algorithms/allgather_hier.c on rows of nodes of any sizes (hier) or
  * one row of all ranks (flat), or, for small vectors,
- * core/algorithms/allgather_rdoubling.c (recursive doubling). */
+ * core/algorithms/allgather_rdoubling.c (recursive doubling) across nodes
+ * and core/algorithms/rsag_shm_small.c (the shm collective area) on one
+ * node. */
 #include "comm.h"
 #include "dtype.h"
 #include "log.h"
@@ -45,7 +47,11 @@ static mox_status_t check_blocks(mox__comm_t *c, const uint64_t *counts,
         if (displs[r] + counts[r] > *extent)
             *extent = displs[r] + counts[r];
     }
-    if (st == MOX_OK)
+    /* Blocks usually come in rank order already: sort only when not. */
+    int sorted = 1;
+    for (int i = 1; i < n && sorted; i++)
+        sorted = sp[i - 1].start <= sp[i].start;
+    if (st == MOX_OK && !sorted)
         qsort(sp, (size_t)n, sizeof *sp, by_start);
     for (int i = 1; i < n && st == MOX_OK; i++)
         if (sp[i].start < sp[i - 1].end)
@@ -103,19 +109,23 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
     for (int r = 0; r < c->size; r++)
         total += recvcounts[r];
     int64_t algo = c->cfg.allgather_algo;
+    /* One node, small vector: every rank copies the blocks out of the
+     * shm collective area (MOX_SHM_SMALL), no messages. */
+    int shm = algo == MOX_RSAG_AUTO && mox__shm_small_fits(c, total * esz);
     /* On one node the direct shm exchange (flat) is faster than log2(P)
      * steps (1 x 8, 32 B - 16 KiB: 15-30 us against 32-53 us), so auto
      * takes rdoubling across nodes only. */
-    int log = algo == MOX_RSAG_LOG ||
+    int log = !shm && (algo == MOX_RSAG_LOG ||
               (algo == MOX_RSAG_AUTO && c->topo.num_nodes > 1 &&
-               total * esz <= (uint64_t)c->cfg.rsag_small);
+               total * esz <= (uint64_t)c->cfg.rsag_small));
     /* a.hier: nodes as rows, of any sizes for the pipelined algorithm;
      * rdoubling's grid needs nodes of equal size, else it runs on one
      * column of all ranks. Not hier: one row of all ranks (flat). */
     a.hier = c->topo.num_nodes > 1 &&
              (log ? mox__grid_nodes_equal(c) : algo != MOX_RSAG_FLAT);
     struct mox_req *req;
-    st = mox__req_new(c, log      ? "allgather_rdoubling"
+    st = mox__req_new(c, shm      ? "allgather_shm"
+                         : log    ? "allgather_rdoubling"
                          : a.hier ? "allgather_hier"
                                   : "allgather_flat",
                       &req);
@@ -127,7 +137,9 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
                                             : " (one column of all ranks)",
               (unsigned long long)mine, mox__dtype_name(dtype), c->rank,
               (unsigned long long)total, c->topo.num_nodes);
-    st = log ? mox__allgather_rdoubling(req, &a) : mox__allgather_hier(req, &a);
+    st = shm   ? mox__allgather_shm(req, &a)
+         : log ? mox__allgather_rdoubling(req, &a)
+               : mox__allgather_hier(req, &a);
     if (st != MOX_OK) {
         mox__req_abort(req, st);
         return st;

@@ -45,6 +45,15 @@ struct mox_comm {
     mox__transport_t *tp[MOX_TP_COUNT];
 
     uint64_t coll_seq;      /* collectives started; same on every rank */
+    /* Small collectives through the shm collective area
+     * (core/algorithms/rsag_shm_small.c), in the order they started; the
+     * same on every rank, as coll_seq. Values are seq + 1 (0: none). */
+    struct {
+        uint64_t ops;       /* started: op i uses slot i % MOX_COLL_SLOTS */
+        uint64_t last_seq1; /* the last one started */
+        uint64_t done_seq1; /* the last one finished on this rank */
+        uint64_t slot_seq1[MOX_COLL_SLOTS]; /* the last one in each slot */
+    } shm_small;
     int failed;             /* a fatal error happened; only destroy is useful */
     mox_stats_t stats;
     struct mox_req *active; /* requests not yet finished, for progress */
@@ -77,6 +86,10 @@ struct mox_req {
     void (*cleanup)(struct mox_req *req);
     mox__treq_t *treqs;
     size_t ntreqs;
+    /* Optional, for algorithms that wait on something other than treqs
+     * (the shm collective area's flags): write the ranks still awaited
+     * into buf ("3, 5"); returns how many. */
+    int (*describe_wait)(struct mox_req *req, char *buf, size_t len);
     void *state;
     uint64_t bytes_intra, bytes_inter, msgs_intra, msgs_inter;
     struct mox_req *next;   /* in comm->active */
@@ -101,6 +114,15 @@ mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
 mox_status_t mox__isendv(mox__comm_t *c, int peer, uint64_t tag,
                          const mox__iov_t *iov, size_t iovcnt, size_t bytes,
                          mox__treq_t *r);
+
+/* The shm collective area of local rank `local_rank` (transport.h), or
+ * NULL when there is none (no shm transport: alone on the node, or
+ * MOX_SHM_SMALL=0). */
+const mox__coll_slot_t *mox__shm_coll_slot(mox__comm_t *c, int local_rank);
+/* MOX_OK while `peer` may still be alive, MOX_ERR_PEER (with a message
+ * naming it) once its transport saw its process gone. Costs syscalls
+ * (shm): call it now and then, not on every poll. */
+mox_status_t mox__peer_check(mox__comm_t *c, int peer);
 
 /* Poll every transport once; returns events seen or a negative status. */
 int mox__progress(mox__comm_t *c);

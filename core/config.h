@@ -89,19 +89,21 @@ typedef enum {
       "inside nodes, then rail peers, pipelined) or rhalving (shm inside "     \
       "nodes, then recursive halving among rail peers; all ranks on one or "   \
       "uneven nodes); auto = rhalving across nodes up to MOX_RSAG_SMALL, "     \
-      "else hier on nodes of any sizes, flat on one node")                     \
+      "the shm collective area on one node up to MOX_SHM_SMALL, else hier "    \
+      "on nodes of any sizes, flat on one node")                               \
     X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
       "auto|flat|hier|rdoubling", 0, 0,                                        \
       "allgather algorithm: flat (direct), hier (rail peers, then shm "        \
       "forwarding, pipelined) or rdoubling (recursive doubling among rail "    \
       "peers, then shm; all ranks on one or uneven nodes); auto = rdoubling "  \
-      "across nodes up to MOX_RSAG_SMALL, else hier on nodes of any sizes, "   \
-      "flat on one node")                                                      \
+      "across nodes up to MOX_RSAG_SMALL, the shm collective area on one "     \
+      "node up to MOX_SHM_SMALL, else hier on nodes of any sizes, flat on "    \
+      "one node")                                                              \
     X(rsag_small, "MOX_RSAG_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,              \
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
-    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "16k", NULL, 0,               \
+    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,               \
       (int64_t)1 << 20,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size go through the shm segment's collective area when all "      \

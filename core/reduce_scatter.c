@@ -1,7 +1,9 @@
 /* mox_reduce_scatter(_v, _sparse): argument checks and algorithm choice:
  * core/algorithms/reduce_scatter_hier.c on a grid of nodes x local ranks
  * (hier) or on one row of all ranks (flat), or, for small vectors,
- * core/algorithms/reduce_scatter_rhalving.c (recursive halving). */
+ * core/algorithms/reduce_scatter_rhalving.c (recursive halving) across
+ * nodes and core/algorithms/rsag_shm_small.c (the shm collective area) on
+ * one node. */
 #include "comm.h"
 #include "dtype.h"
 #include "log.h"
@@ -28,6 +30,11 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
                           mox_req_t *out)
 {
     int64_t algo = c->cfg.reduce_scatter_algo;
+    size_t bytes = total * mox__dtype_size(a->dtype);
+    /* One node, small dense vector: every rank reads the others' inputs
+     * in the shm collective area (MOX_SHM_SMALL), no messages. */
+    int shm = !a->block_elems && algo == MOX_RSAG_AUTO &&
+              mox__shm_small_fits(c, bytes);
     /* rhalving is dense only: sparse vectors keep their own messages. */
     /* On one node the direct shm exchange is faster than log2(P) steps
      * (measured on 1 x 8), so auto takes rhalving across nodes only. */
@@ -46,6 +53,7 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
     const char *name = a->block_elems
                            ? (a->hier ? "reduce_scatter_sparse_hier"
                                       : "reduce_scatter_sparse_flat")
+                       : shm ? "reduce_scatter_shm"
                        : log ? (a->grid == MOX_RSAG_GRID_NODES
                                     ? "reduce_scatter_rhalving_hier"
                                         : "reduce_scatter_rhalving")
@@ -59,8 +67,9 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
               "%d nodes", (unsigned long long)req->seq, name,
               (unsigned long long)total, mox__dtype_name(a->dtype),
               mox__op_name(a->op), c->topo.num_nodes);
-    st = log ? mox__reduce_scatter_rhalving(req, a)
-             : mox__reduce_scatter_hier(req, a);
+    st = shm   ? mox__reduce_scatter_shm(req, a)
+         : log ? mox__reduce_scatter_rhalving(req, a)
+               : mox__reduce_scatter_hier(req, a);
     if (st != MOX_OK) {
         mox__req_abort(req, st);
         return st;

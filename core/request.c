@@ -41,6 +41,28 @@ static mox_status_t route(mox__comm_t *c, int peer, int *tp)
     return MOX_OK;
 }
 
+const mox__coll_slot_t *mox__shm_coll_slot(mox__comm_t *c, int local_rank)
+{
+    const mox__transport_ops_t *ops = c->tp_ops[MOX_TP_SHM];
+    if (!c->tp[MOX_TP_SHM] || !ops || !ops->coll_slot)
+        return NULL;
+    return ops->coll_slot(c->tp[MOX_TP_SHM], local_rank);
+}
+
+mox_status_t mox__peer_check(mox__comm_t *c, int peer)
+{
+    if (peer < 0 || peer >= c->size || peer == c->rank)
+        return MOX_OK;
+    int tp = transport_of(c, peer);
+    if (!c->tp[tp] || !c->tp_ops[tp]->peer_check)
+        return MOX_OK;
+    mox_status_t st = c->tp_ops[tp]->peer_check(c->tp[tp], peer);
+    if (st != MOX_OK)
+        return mox__fail(c, st, "rank %d (%s) is gone", peer,
+                         c->tp_ops[tp]->name);
+    return MOX_OK;
+}
+
 /* Traffic counters of the communicator and of the running collective. */
 static void count_send(mox__comm_t *c, int tp, size_t bytes)
 {
@@ -246,7 +268,12 @@ static void finish(struct mox_req *req, mox_status_t st)
     c->stats.last_msgs_intra = req->msgs_intra;
     c->stats.last_msgs_inter = req->msgs_inter;
     c->stats.last_time_ns = ns;
-    snprintf(c->stats.last_op, sizeof c->stats.last_op, "%s", req->name);
+    /* Every op passes here: a copy, not a printf. */
+    size_t len = strlen(req->name);
+    if (len >= sizeof c->stats.last_op)
+        len = sizeof c->stats.last_op - 1;
+    memcpy(c->stats.last_op, req->name, len);
+    c->stats.last_op[len] = '\0';
     if (req->cleanup)
         req->cleanup(req);
     req->cleanup = NULL;
@@ -318,6 +345,14 @@ static void report_timeout(struct mox_req *req, uint64_t waited_ms)
                               r->is_send ? "send" : "receive");
         shown++;
     }
+    char more[192] = "";
+    size_t extra = req->describe_wait
+                       ? (size_t)req->describe_wait(req, more, sizeof more)
+                       : 0;
+    if (extra && n < sizeof peers) /* snprintf counts what did not fit */
+        snprintf(peers + n, sizeof peers - n, "%s%s", shown ? ", " : "",
+                 more);
+    shown += extra;
     mox__fail(c, MOX_ERR_TIMEOUT,
               "%s: no progress for %llu ms (MOX_TIMEOUT=%lld); still waiting "
               "for rank%s %s", req->name, (unsigned long long)waited_ms,

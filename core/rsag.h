@@ -96,8 +96,21 @@ mox_status_t mox__allgather_hier(struct mox_req *req,
 mox_status_t mox__allgather_rdoubling(struct mox_req *req,
                                       const mox__ag_args_t *a);
 
+/* Small vectors on one node, through the shm collective area
+ * (rsag_shm_small.c, dense only). mox__shm_small_fits: 1 when the
+ * communicator has several ranks, all on one node, and a vector of
+ * `bytes` (the whole vector) fits MOX_SHM_SMALL; the same on every rank,
+ * as MOX_SHM_SMALL must be. */
+int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes);
+mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
+                                     const mox__rs_args_t *a);
+mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a);
+
 /* Agreement header: what must be equal on every rank. */
 #define MOX_RSAG_HDR_BYTES 40
+/* Encoded headers of ranks that agree are equal in these first bytes
+ * (all but `mine`), which is all mox__rsag_hdr_check looks at. */
+#define MOX_RSAG_HDR_AGREED_BYTES 32
 enum { MOX_RSAG_KIND_RS = 1, MOX_RSAG_KIND_RS_SPARSE = 2, MOX_RSAG_KIND_AG = 3,
        /* sent alone by a rank that found a disagreement, to the peers
         * still waiting for its first message: they fail naming it */

@@ -13,6 +13,7 @@
 #ifndef MOX_CORE_TRANSPORT_H
 #define MOX_CORE_TRANSPORT_H
 
+#include <stdatomic.h>
 #include <stddef.h>
 #include <stdint.h>
 #include "mox/mox.h"
@@ -32,6 +33,25 @@ typedef struct mox__treq {
 } mox__treq_t;
 
 typedef struct mox__transport mox__transport_t;
+
+/*
+ * One local rank's part of a node's collective area (shm only; see
+ * transports/shm/shm.h for the layout): two flags on cache lines of their
+ * own and MOX_COLL_SLOTS data slots of `slot_bytes` each, in memory every
+ * local rank maps. Only the owner writes its flags and slots; the
+ * collectives built on it (core/algorithms/rsag_shm_small.c) define what
+ * the values mean.
+ */
+#define MOX_COLL_SLOTS 2
+/* Room at the start of a slot for a header; the data follows, cache-line
+ * aligned. */
+#define MOX_COLL_HDR_BYTES 64
+typedef struct {
+    _Atomic uint64_t *written;   /* owner: data of an op is in a slot */
+    _Atomic uint64_t *read;      /* owner: it finished reading an op */
+    char *slot[MOX_COLL_SLOTS];
+    size_t slot_bytes;           /* MOX_COLL_HDR_BYTES + data capacity */
+} mox__coll_slot_t;
 
 /* One piece of a gather send (same layout as struct iovec). */
 typedef struct mox__iov {
@@ -74,6 +94,22 @@ typedef struct {
     mox_status_t (*isendv)(mox__transport_t *tp, int peer, uint64_t tag,
                            const mox__iov_t *iov, size_t iovcnt, size_t bytes,
                            mox__treq_t *req);
+    /*
+     * Optional: the collective area of local rank `local_rank` (0 ..
+     * local size - 1), or NULL when the transport has none (not shm,
+     * alone on the node, MOX_SHM_SMALL=0). The pointers stay valid until
+     * destroy.
+     */
+    const mox__coll_slot_t *(*coll_slot)(mox__transport_t *tp,
+                                         int local_rank);
+    /*
+     * Optional: is `peer` (a rank of the communicator this transport
+     * reaches) still there? MOX_OK, or MOX_ERR_PEER once its process is
+     * gone (every request to it then fails too). Costs syscalls: for
+     * callers that wait on something the transport does not see (the
+     * collective area's flags), now and then.
+     */
+    mox_status_t (*peer_check)(mox__transport_t *tp, int peer);
 } mox__transport_ops_t;
 
 extern const mox__transport_ops_t mox__tp_self_ops;

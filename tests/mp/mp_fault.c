@@ -16,6 +16,9 @@
  *                                 V expects nothing from F, F sends data
  *  --mode bad-args                invalid arguments get named errors and
  *                                 leave the communicator usable
+ *  --coll a2a|rs|ag               the collective of early-exit and stall:
+ *                                 alltoallv (default), reduce-scatter or
+ *                                 allgather of 100 f32 per rank
  */
 #include "mox/mox.h"
 #include "testdata.h"
@@ -29,6 +32,7 @@
 #include <unistd.h>
 
 static int me, P;
+static const char *coll = "a2a";
 
 static int report(mox_comm_t comm, const char *what, mox_status_t st)
 {
@@ -52,6 +56,11 @@ static mox_status_t exchange(mox_comm_t comm, int victim, int from,
     }
     if (me == victim && victim_count >= 0)
         rc[from] = (uint64_t)victim_count;
+    if (!strcmp(coll, "rs"))
+        return mox_reduce_scatter(comm, sb, rb, 100, MOX_DTYPE_F32,
+                                  MOX_OP_SUM);
+    if (!strcmp(coll, "ag"))
+        return mox_allgather(comm, sb, rb, 100, MOX_DTYPE_F32);
     return mox_alltoallv(comm, sb, sc, sd, rb, rc, rd, 4);
 }
 
@@ -102,11 +111,13 @@ int main(int argc, char **argv)
     static const struct option lo[] = {{"mode", 1, 0, 'm'},
                                        {"victim", 1, 0, 'v'},
                                        {"from", 1, 0, 'f'},
+                                       {"coll", 1, 0, 'c'},
                                        {0, 0, 0, 0}};
     while ((c = getopt_long(argc, argv, "", lo, NULL)) != -1) {
         if (c == 'm') mode = optarg;
         else if (c == 'v') victim = atoi(optarg);
         else if (c == 'f') from = atoi(optarg);
+        else if (c == 'c') coll = optarg;
         else return 2;
     }
     mox_comm_t comm;
@@ -130,7 +141,7 @@ int main(int argc, char **argv)
         for (int i = 0; i < 5 && st == MOX_OK; i++)
             st = exchange(comm, -1, 0, -1);
         clock_gettime(CLOCK_MONOTONIC, &t1);
-        report(comm, "alltoallv with a dead peer", st);
+        report(comm, "collective with a dead peer", st);
         printf("rank %d failed after %.1f s\n", me,
                (double)(t1.tv_sec - t0.tv_sec) +
                    (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
@@ -141,7 +152,7 @@ int main(int argc, char **argv)
             return 0;
         }
         st = exchange(comm, -1, 0, -1);
-        report(comm, "alltoallv with a stalled peer", st);
+        report(comm, "collective with a stalled peer", st);
         /* A rank that timed out leaves; its neighbours may then see it gone
          * (MOX_ERR_PEER) before their own timeout: both are clear. */
         rc = st != MOX_ERR_TIMEOUT && st != MOX_ERR_PEER;

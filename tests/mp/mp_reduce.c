@@ -10,7 +10,8 @@
  * Prints "MOXTEST ok rank R inter_bytes N intra_bytes N" on success.
  * --mode bad-args: bad inputs get named errors and the communicator stays
  * usable. --mode mismatch --victim V: V passes other counts and must get
- * MOX_ERR_MISMATCH.
+ * MOX_ERR_MISMATCH. --mode overlap: three nonblocking collectives in
+ * flight at once, finished in reverse order.
  */
 #include "mox/mox.h"
 #include "testdata.h"
@@ -23,7 +24,7 @@
 #include <string.h>
 
 typedef struct {
-    const char *coll, *mode;
+    const char *coll, *mode, *algo; /* algo: expected stats.last_op */
     mox_dtype_t dt;
     mox_op_t op;
     uint64_t seed, iters, max_count, block;
@@ -37,7 +38,10 @@ static void usage(FILE *f)
     fprintf(f, "usage: mp_reduce [--coll rs|rsv|sparse|ag|agv] [--dtype T] "
                "[--op OP]\n  [--seed S] [--iters N] [--count C] [--zero-pct "
                "P] [--in-place]\n  [--nonblocking] [--block B --density PCT] "
-               "[--mode bad-args|mismatch --victim V] [--check-inter]\n"
+               "[--mode bad-args|mismatch|overlap --victim V] "
+               "[--check-inter]\n  [--expect-algo NAME]\n"
+               "--expect-algo: every collective must have run as NAME "
+               "(mox_stats_t.last_op)\n"
                "--check-inter: dense reduce-scatter must send each block "
                "out of each node once,\n  node-reduced: the job's "
                "inter-node bytes (two runs) equal 2 x sum over nodes of\n"
@@ -69,8 +73,9 @@ static int parse(int argc, char **argv, opts_t *o)
         {"zero-pct", 1, 0, 'z'}, {"in-place", 0, 0, 'p'},
         {"nonblocking", 0, 0, 'b'}, {"block", 1, 0, 'B'},
         {"density", 1, 0, 'D'}, {"mode", 1, 0, 'm'}, {"victim", 1, 0, 'v'},
-        {"check-inter", 0, 0, 'I'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    *o = (opts_t){"rs", "check", MOX_DTYPE_F32, MOX_OP_SUM, 1, 2, 1000, 16,
+        {"check-inter", 0, 0, 'I'}, {"expect-algo", 1, 0, 'A'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *o = (opts_t){"rs", "check", NULL, MOX_DTYPE_F32, MOX_OP_SUM, 1, 2, 1000, 16,
                   0, 0, 0, 50, 1, 0};
     int c, v;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
@@ -97,6 +102,7 @@ static int parse(int argc, char **argv, opts_t *o)
         case 'm': o->mode = optarg; break;
         case 'v': o->victim = atoi(optarg); break;
         case 'I': o->check_inter = 1; break;
+        case 'A': o->algo = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -337,6 +343,15 @@ static uint64_t count_of(const opts_t *o, uint64_t it, int r)
     return td_count(o->seed, it, r, 0, o->max_count, o->zero_pct);
 }
 
+/* --expect-algo: the last collective ran as the test says it should. */
+static int check_algo(const opts_t *o, const mox_stats_t *s)
+{
+    if (!o->algo || !strcmp(s->last_op, o->algo))
+        return 0;
+    printf("rank %d: ran as %s, expected %s\n", me, s->last_op, o->algo);
+    return 1;
+}
+
 /* One reduce-scatter (any form); result copied into res. */
 static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
                            const uint64_t *counts, uint64_t total,
@@ -455,6 +470,8 @@ static int iter_rs(mox_comm_t comm, const opts_t *o, uint64_t it)
             bad = fail(comm, "reduce_scatter", st);
     }
     mox_comm_stats(comm, &after);
+    if (!bad)
+        bad = check_algo(o, &after);
     if (!bad && memcmp(res[0], res[1], counts[me] * es)) {
         printf("rank %d: two runs of the same layout differ\n", me);
         bad = 1;
@@ -524,6 +541,8 @@ static int iter_ag(mox_comm_t comm, const opts_t *o, uint64_t it)
             bad = fail(comm, "allgather", st);
     }
     mox_comm_stats(comm, &after);
+    if (!bad)
+        bad = check_algo(o, &after);
     char *want = malloc(total * es + 1);
     memset(want, 0xa5, total * es);
     for (int r = 0; r < P && !bad; r++)
@@ -637,6 +656,80 @@ static int mismatch(mox_comm_t comm, const opts_t *o)
     return me == o->victim ? st != MOX_ERR_MISMATCH : 0;
 }
 
+/* Three nonblocking collectives in flight at once: a reduce-scatter of
+ * iteration 2i, an allgatherv of 2i's values and a reduce-scatter of
+ * 2i + 1, all started before any is waited for, then waited for in
+ * reverse order; each result checked against its reference. Counts as
+ * --coll says (rsv/agv: per-rank counts, zeros with --zero-pct). */
+static int overlap(mox_comm_t comm, const opts_t *o)
+{
+    size_t es = dt_size[o->dt];
+    int bad = 0;
+    for (uint64_t it = 0; it < o->iters && !bad; it++) {
+        uint64_t *cnt = malloc(3 * (size_t)P * sizeof *cnt),
+                 *cnt2 = cnt + P, *displs = cnt + 2 * P;
+        uint64_t tot = 0, tot2 = 0, off = 0, off2 = 0;
+        for (int r = 0; r < P; r++) {
+            cnt[r] = count_of(o, 2 * it, r);
+            cnt2[r] = count_of(o, 2 * it + 1, r);
+            if (r < me) {
+                off += cnt[r];
+                off2 += cnt2[r];
+            }
+            displs[r] = tot;
+            tot += cnt[r];
+            tot2 += cnt2[r];
+        }
+        char *in = malloc(tot * es + 1), *in2 = malloc(tot2 * es + 1);
+        char *out = malloc(cnt[me] * es + 1), *out2 = malloc(cnt2[me] * es + 1);
+        char *send = malloc(cnt[me] * es + 1), *ag = malloc(tot * es + 1);
+        char *want = malloc(tot * es + 1);
+        for (uint64_t i = 0; i < tot; i++)
+            store(o->dt, in, i, value(o, 2 * it, me, i));
+        for (uint64_t i = 0; i < tot2; i++)
+            store(o->dt, in2, i, value(o, 2 * it + 1, me, i));
+        for (uint64_t i = 0; i < cnt[me]; i++)
+            store(o->dt, send, i, value(o, 2 * it, me, i));
+        for (int r = 0; r < P; r++)
+            for (uint64_t i = 0; i < cnt[r]; i++)
+                store(o->dt, want + displs[r] * es, i,
+                      value(o, 2 * it, r, i));
+        mox_req_t q[3] = {NULL, NULL, NULL};
+        mox_status_t st = mox_ireduce_scatter_v(comm, in, out, cnt, o->dt,
+                                                o->op, &q[0]);
+        if (st == MOX_OK)
+            st = mox_iallgatherv(comm, send, cnt[me], ag, cnt, displs, o->dt,
+                                 &q[1]);
+        if (st == MOX_OK)
+            st = mox_ireduce_scatter_v(comm, in2, out2, cnt2, o->dt, o->op,
+                                       &q[2]);
+        for (int k = 2; k >= 0; k--) {
+            mox_status_t w = q[k] ? mox_wait(q[k]) : MOX_OK;
+            if (st == MOX_OK)
+                st = w;
+            mox_req_free(q[k]);
+        }
+        if (st != MOX_OK)
+            bad = fail(comm, "overlapping collectives", st);
+        if (!bad)
+            bad = check_rs(o, 2 * it, out, off, cnt[me], 0) ||
+                  check_rs(o, 2 * it + 1, out2, off2, cnt2[me], 0);
+        if (!bad && memcmp(ag, want, tot * es)) {
+            printf("rank %d: overlapping allgather differs\n", me);
+            bad = 1;
+        }
+        free(cnt);
+        free(in);
+        free(in2);
+        free(out);
+        free(out2);
+        free(send);
+        free(ag);
+        free(want);
+    }
+    return bad;
+}
+
 int main(int argc, char **argv)
 {
     opts_t o;
@@ -659,6 +752,8 @@ int main(int argc, char **argv)
         bad = bad_args(comm, &o);
     else if (!strcmp(o.mode, "mismatch"))
         bad = mismatch(comm, &o);
+    else if (!strcmp(o.mode, "overlap"))
+        bad = overlap(comm, &o);
     else
         for (uint64_t it = 0; it < o.iters && !bad; it++)
             bad = o.coll[0] == 'a' ? iter_ag(comm, &o, it)

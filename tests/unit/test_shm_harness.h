@@ -131,7 +131,7 @@ static void h_comm_free(mox__comm_t *c)
 static int h_runs;
 
 /* Number of the next h_run (part of its job id). */
-static int h_next_run(void)
+__attribute__((unused)) static int h_next_run(void)
 {
     return h_runs;
 }
@@ -169,8 +169,9 @@ static void h_run(const char *nodes, void (*body)(int, const char *,
 }
 
 /* Poll until every request is done or 20 s passed. */
-static void h_wait(const mox__transport_ops_t *ops, mox__transport_t *tp,
-                   mox__treq_t *reqs, int n)
+__attribute__((unused)) static void h_wait(const mox__transport_ops_t *ops,
+                                          mox__transport_t *tp,
+                                          mox__treq_t *reqs, int n)
 {
     uint64_t deadline = h_now_ms() + 20000;
     for (;;) {

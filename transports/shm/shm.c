@@ -363,6 +363,32 @@ static void shm_cancel(mox__transport_t *tp, mox__treq_t *req)
     shm_req_done(req, MOX_ERR_TIMEOUT, 0);
 }
 
+static const mox__coll_slot_t *shm_coll_slot(mox__transport_t *tp,
+                                              int local_rank)
+{
+    if (!tp || !tp->coll || local_rank < 0 || local_rank >= tp->local_size)
+        return NULL;
+    return &tp->coll[local_rank];
+}
+
+/* Asked by callers that wait on the collective area, where no request of
+ * ours shows the wait to check_peers. A dead peer is failed as there. */
+static mox_status_t shm_peer_check(mox__transport_t *tp, int peer)
+{
+    shm_peer_t *p = tp ? peer_of(tp, peer) : NULL;
+    if (!p)
+        return MOX_OK;
+    if (p->dead || p->failed == MOX_ERR_PEER)
+        return MOX_ERR_PEER;
+    if (peer_alive(p->pid))
+        return MOX_OK;
+    MOX_ERROR("shm", "local peer rank %d (pid %d) is gone", p->rank,
+              (int)p->pid);
+    p->dead = 1;
+    fail_sends(p, MOX_ERR_PEER);
+    return MOX_ERR_PEER;
+}
+
 const mox__transport_ops_t mox__tp_shm_ops = {
     .name = "shm",
     .create = shm_create,
@@ -372,4 +398,6 @@ const mox__transport_ops_t mox__tp_shm_ops = {
     .progress = shm_progress,
     .cancel = shm_cancel,
     .isendv = shm_isendv,
+    .coll_slot = shm_coll_slot,
+    .peer_check = shm_peer_check,
 };

@@ -10,6 +10,15 @@
  *     control: head (sender), tail (receiver), ack (receiver), each on its
  *              own cache line
  *     ring:    `slots` slots of `slot_bytes` each
+ *   collective area (when MOX_SHM_SMALL > 0), for every local rank i in
+ *   order, each part page aligned:
+ *     control: written, read (both written by i only), each on its own
+ *              pair of cache lines (adjacent-line prefetch)
+ *     slots:   MOX_COLL_SLOTS (2) slots of MOX_COLL_HDR_BYTES +
+ *              MOX_SHM_SMALL (rounded up to a cache line) each
+ *   Rank i writes its input of a small collective into its own slot and
+ *   publishes it through `written`; every local rank reads every slot
+ *   (core/algorithms/rsag_shm_small.c defines the protocol).
  *
  * A message is a wire header at the start of a slot followed by payload,
  * continuing over as many following slots as needed, so any size fits a
@@ -59,14 +68,25 @@ enum { SHM_KIND_EAGER = 1, SHM_KIND_RNDV = 2, SHM_KIND_RNDV_IOV = 3 };
 _Static_assert(ATOMIC_LLONG_LOCK_FREE == 2,
                "shm needs lock-free 64-bit atomics across processes");
 
+/* Flags of a rank's part of the collective area: 128 bytes apart, so the
+ * adjacent-line prefetcher does not couple them. */
+#define SHM_COLL_FLAG_BYTES 128
+
 /* Written once by the creator, checked by every opener. */
 typedef struct {
     uint64_t magic;
     uint64_t local_size;
     uint64_t slots;
     uint64_t slot_bytes;
+    uint64_t coll_slot_bytes; /* 0: no collective area */
     uint64_t total_bytes;
 } shm_seg_hdr_t;
+
+typedef struct {
+    _Alignas(SHM_COLL_FLAG_BYTES) _Atomic uint64_t written;
+    _Alignas(SHM_COLL_FLAG_BYTES) _Atomic uint64_t read;
+    _Alignas(SHM_COLL_FLAG_BYTES) char slots[];
+} shm_coll_ctl_t;
 
 typedef struct {
     _Alignas(SHM_CACHE_LINE) _Atomic uint64_t head; /* slots published */
@@ -137,6 +157,8 @@ struct mox__transport {
     uint64_t cma_threshold;
     int local_rank, local_size;
     shm_peer_t *peers;       /* [local_size]; our own entry unused */
+    uint64_t coll_slot_bytes; /* per slot of the collective area; 0: none */
+    mox__coll_slot_t *coll;  /* [local_size], or NULL */
     uint64_t probe_word;     /* read by a neighbour to test CMA */
     unsigned idle_polls;
 };
@@ -152,6 +174,8 @@ static inline int shm_wants_rndv(const mox__transport_t *tp, uint64_t bytes)
 mox_status_t shm_create(mox__comm_t *comm, mox__transport_t **tp);
 void shm_destroy(mox__transport_t *tp);
 size_t shm_chan_bytes(uint64_t slots, uint64_t slot_bytes);
+/* Bytes of one local rank's part of the collective area. */
+size_t shm_coll_rank_bytes(uint64_t coll_slot_bytes);
 shm_chan_t *shm_chan_at(void *seg, uint64_t slots, uint64_t slot_bytes,
                         int local_size, int from, int to);
 

@@ -34,7 +34,7 @@ enum { CMA_AUTO = 0, CMA_ON = 1, CMA_OFF = 2 };
 typedef struct {
     int32_t pid;
     int32_t cma_mode;
-    uint64_t slots, slot_bytes;
+    uint64_t slots, slot_bytes, coll_bytes;
     uint64_t probe_addr, probe_word;
 } shm_info_t;
 
@@ -76,14 +76,34 @@ shm_chan_t *shm_chan_at(void *seg, uint64_t slots, uint64_t slot_bytes,
                           idx * shm_chan_bytes(slots, slot_bytes));
 }
 
-static mox_status_t segment_bytes(int local_size, uint64_t slots,
-                                  uint64_t slot_bytes, size_t *out)
+size_t shm_coll_rank_bytes(uint64_t coll_slot_bytes)
 {
-    size_t chans, bytes;
+    return (size_t)round_up(sizeof(shm_coll_ctl_t) +
+                                MOX_COLL_SLOTS * coll_slot_bytes,
+                            4096);
+}
+
+/* Start of the collective area: right after the last channel (channels
+ * and the header are whole pages, so it is page aligned). */
+static size_t coll_offset(int local_size, uint64_t slots, uint64_t slot_bytes)
+{
+    return SHM_SEG_HDR_BYTES + (size_t)local_size * (size_t)(local_size - 1) *
+                                   shm_chan_bytes(slots, slot_bytes);
+}
+
+static mox_status_t segment_bytes(int local_size, uint64_t slots,
+                                  uint64_t slot_bytes, uint64_t coll_slot_bytes,
+                                  size_t *out)
+{
+    size_t chans, bytes, coll = 0;
     if (__builtin_mul_overflow((size_t)local_size, (size_t)(local_size - 1),
                                &chans) ||
         __builtin_mul_overflow(chans, shm_chan_bytes(slots, slot_bytes),
                                &bytes) ||
+        (coll_slot_bytes &&
+         __builtin_mul_overflow((size_t)local_size,
+                                shm_coll_rank_bytes(coll_slot_bytes), &coll)) ||
+        __builtin_add_overflow(bytes, coll, &bytes) ||
         __builtin_add_overflow(bytes, (size_t)SHM_SEG_HDR_BYTES, out))
         return MOX_ERR_OVERFLOW;
     return MOX_OK;
@@ -157,7 +177,7 @@ static mox_status_t create_segment(setup_t *s)
         return st;
     place_on_numa(tp->seg, tp->seg_bytes, s->comm->numa_node);
     shm_seg_hdr_t h = {SHM_MAGIC, (uint64_t)tp->local_size, tp->slots,
-                       tp->slot_bytes, tp->seg_bytes};
+                       tp->slot_bytes, tp->coll_slot_bytes, tp->seg_bytes};
     memcpy(tp->seg, &h, sizeof h);
     return MOX_OK;
 }
@@ -184,7 +204,7 @@ static mox_status_t open_segment(setup_t *s)
     if (st != MOX_OK)
         return st;
     shm_seg_hdr_t want = {SHM_MAGIC, (uint64_t)tp->local_size, tp->slots,
-                          tp->slot_bytes, tp->seg_bytes};
+                          tp->slot_bytes, tp->coll_slot_bytes, tp->seg_bytes};
     if (memcmp(tp->seg, &want, sizeof want) != 0)
         return mox__fail(s->comm, MOX_ERR_PROTOCOL, "shm: %s has another "
                          "layout than this rank computed", s->name);
@@ -258,6 +278,12 @@ static mox_status_t check_node_config(setup_t *s)
             return mox__fail(c, MOX_ERR_CONFIG, "shm: rank %d and rank %d "
                              "disagree on MOX_SHM_SLOTS, MOX_SHM_SLOT_SIZE "
                              "or MOX_SHM_CMA", c->rank, r);
+        /* Also decides which algorithm small collectives take. */
+        if (o->coll_bytes != me->coll_bytes)
+            return mox__fail(c, MOX_ERR_CONFIG, "shm: rank %d and rank %d "
+                             "disagree on MOX_SHM_SMALL (%llu and %llu)",
+                             c->rank, r, (unsigned long long)me->coll_bytes,
+                             (unsigned long long)o->coll_bytes);
     }
     return MOX_OK;
 }
@@ -291,9 +317,17 @@ static mox_status_t init_state(setup_t *s)
 {
     mox__comm_t *c = s->comm;
     mox__transport_t *tp = calloc(1, sizeof *tp);
-    if (tp)
+    if (tp) {
         tp->peers = calloc((size_t)c->local_size, sizeof *tp->peers);
-    if (!tp || !tp->peers) {
+        tp->coll = c->cfg.shm_small
+                       ? calloc((size_t)c->local_size, sizeof *tp->coll)
+                       : NULL;
+    }
+    if (!tp || !tp->peers || (c->cfg.shm_small && !tp->coll)) {
+        if (tp) {
+            free(tp->peers);
+            free(tp->coll);
+        }
         free(tp);
         return mox__fail(c, MOX_ERR_NO_MEMORY, "shm: no memory for state");
     }
@@ -304,13 +338,17 @@ static mox_status_t init_state(setup_t *s)
     /* Slots start cache-line aligned whatever size was asked for. */
     tp->slot_bytes = round_up((uint64_t)c->cfg.shm_slot_bytes, SHM_CACHE_LINE);
     tp->cma_threshold = (uint64_t)c->cfg.shm_cma_threshold;
+    if (c->cfg.shm_small)
+        tp->coll_slot_bytes = MOX_COLL_HDR_BYTES +
+                              round_up((uint64_t)c->cfg.shm_small,
+                                       SHM_CACHE_LINE);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
     tp->probe_word = ((uint64_t)getpid() << 32) ^ (uint64_t)ts.tv_nsec ^
                      SHM_MAGIC;
     s->tp = tp;
     return segment_bytes(c->local_size, tp->slots, tp->slot_bytes,
-                         &tp->seg_bytes) == MOX_OK
+                         tp->coll_slot_bytes, &tp->seg_bytes) == MOX_OK
                ? MOX_OK
                : mox__fail(c, MOX_ERR_OVERFLOW, "shm: segment for %d ranks "
                            "of %llu x %llu-byte slots overflows",
@@ -326,6 +364,7 @@ static void my_info(setup_t *s, shm_info_t *me)
     me->cma_mode = (int32_t)c->cfg.shm_cma;
     me->slots = (uint64_t)c->cfg.shm_slots;
     me->slot_bytes = (uint64_t)c->cfg.shm_slot_bytes;
+    me->coll_bytes = (uint64_t)c->cfg.shm_small;
     if (s->tp) {
         me->probe_addr = (uint64_t)(uintptr_t)&s->tp->probe_word;
         me->probe_word = s->tp->probe_word;
@@ -346,6 +385,20 @@ static void init_peers(setup_t *s)
                              tp->local_size, tp->local_rank, l);
         p->in = shm_chan_at(tp->seg, tp->slots, tp->slot_bytes,
                             tp->local_size, l, tp->local_rank);
+    }
+    if (!tp->coll)
+        return;
+    char *area = (char *)tp->seg +
+                 coll_offset(tp->local_size, tp->slots, tp->slot_bytes);
+    size_t part = shm_coll_rank_bytes(tp->coll_slot_bytes);
+    for (int l = 0; l < tp->local_size; l++) {
+        shm_coll_ctl_t *ctl = (shm_coll_ctl_t *)(area + (size_t)l * part);
+        mox__coll_slot_t *cs = &tp->coll[l];
+        cs->written = &ctl->written;
+        cs->read = &ctl->read;
+        for (int k = 0; k < MOX_COLL_SLOTS; k++)
+            cs->slot[k] = ctl->slots + (size_t)k * tp->coll_slot_bytes;
+        cs->slot_bytes = (size_t)tp->coll_slot_bytes;
     }
 }
 
@@ -402,6 +455,7 @@ void shm_destroy(mox__transport_t *tp)
     if (tp->seg)
         munmap(tp->seg, tp->seg_bytes);
     free(tp->peers);
+    free(tp->coll);
     free(tp);
 }
 
@@ -426,9 +480,11 @@ mox_status_t shm_create(mox__comm_t *comm, mox__transport_t **out)
     if (st == MOX_OK && comm->local_size > 1) {
         init_peers(&s);
         MOX_DEBUG("shm", "%s: %d local ranks, %llu slots of %llu bytes, "
-                  "%zu bytes, single copy %s", s.name, comm->local_size,
+                  "collective slots of %llu bytes, %zu bytes, single copy "
+                  "%s", s.name, comm->local_size,
                   (unsigned long long)s.tp->slots,
-                  (unsigned long long)s.tp->slot_bytes, s.tp->seg_bytes,
+                  (unsigned long long)s.tp->slot_bytes,
+                  (unsigned long long)s.tp->coll_slot_bytes, s.tp->seg_bytes,
                   s.tp->cma ? "on" : "off");
         *out = s.tp;
         s.tp = NULL;

@@ -1,0 +1,350 @@
+/*
+ * Small reduce-scatter(_v) and allgather(v) on one node, through the shm
+ * segment's collective area (core/transport.h, transports/shm/shm.h)
+ * instead of messages: every rank writes its input once into a slot of
+ * its own, publishes it with one flag, and reads what it needs straight
+ * from the others' slots. No message, no ring, no allocation beyond the
+ * request; the steady state has one synchronisation per operation.
+ *
+ * Each local rank owns two flags and MOX_COLL_SLOTS (2) slots; only the
+ * owner writes them. Small op number i (counted on the communicator, the
+ * same on every rank) with sequence number seq uses slot b = i % 2 and
+ * the flag value k = seq + 1 (64 bits, never wraps):
+ *  1. turn: this rank's previous small op has finished (a second op in
+ *     flight waits here for the first: ops run one at a time, in order),
+ *     and every rank has read >= k', where k' is the value of the op that
+ *     used slot b before (op i - 2), so nobody still reads it;
+ *  2. write the agreement header (core/rsag.h) and the input (reduce-
+ *     scatter: the whole vector; allgather: this rank's block) into slot
+ *     b, then store-release written = k;
+ *  3. wait until every rank has written >= k (load-acquire), check every
+ *     header against ours, then reduce-scatter: reduce this rank's block
+ *     from the P slots in rank order 0..P-1 (flat's order, so results are
+ *     bitwise those of flat); allgather: copy every block into place;
+ *  4. store-release read = k.
+ * Step 1's second condition always holds by then: a rank writes op i - 1
+ * only after it finished op i - 2 (its step 1), and this rank saw every
+ * written >= k(i - 1) before it finished op i - 1. Two slots are what make
+ * that so; with one, a fast rank would wait for the slowest reader before
+ * every write (a second synchronisation per op). It is still checked, as
+ * it costs P loads of lines that are not being written.
+ * written may already be past k when looked at (that rank is in op i + 1,
+ * in the other slot): the header's sequence number tells whose data the
+ * slot holds.
+ *
+ * Waiting is the request's progress returning MOX_IN_PROGRESS, so
+ * mox_test/mox_wait, their idle policy and MOX_TIMEOUT apply; the request
+ * also times out by itself (no flag moved for MOX_TIMEOUT, naming the
+ * ranks) and asks the transport every 100 ms whether the rank it waits
+ * for still lives (MOX_ERR_PEER).
+ */
+#include "core/comm.h"
+#include "core/dtype.h"
+#include "core/reduce.h"
+#include "core/rsag.h"
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#define HDR MOX_RSAG_HDR_BYTES
+/* How often a rank that waits asks whether the rank it waits for lives. */
+#define PEER_CHECK_NS (100u * 1000u * 1000u)
+/* Polls between clock reads while waiting. */
+#define CLOCK_POLLS 64
+
+enum { PH_TURN, PH_ARRIVE };
+
+typedef struct {
+    uint32_t kind;               /* MOX_RSAG_KIND_RS or _AG */
+    int P, me, slot, phase;
+    int next;                    /* first rank not yet seen in this phase */
+    int waiting;                 /* rank keeping us waiting (-1: none) */
+    uint64_t seq1, prev1, reuse1;
+    unsigned polls;
+    uint64_t wait_ns, check_ns;  /* waiting on `next` since; last check */
+    const char *src;             /* what goes into my slot */
+    size_t src_bytes;
+    char *out;
+    mox_dtype_t dt;
+    mox_op_t op;
+    uint64_t mine, off;          /* reduce-scatter: my block (elements) */
+    uint64_t *count, *displ;     /* allgather: [P] */
+    const mox__coll_slot_t **cs; /* [P] by rank */
+    mox__rsag_hdr_t hdr;
+    unsigned char hdr_out[HDR];
+} sm_t;
+
+static const char *what(const sm_t *s)
+{
+    return s->kind == MOX_RSAG_KIND_AG ? "allgather" : "reduce_scatter";
+}
+
+/* Is rank r still keeping us in the current phase? */
+static int pending(const sm_t *s, int r)
+{
+    if (s->phase == PH_TURN)
+        return atomic_load_explicit(s->cs[r]->read, memory_order_acquire) <
+               s->reuse1;
+    return r != s->me &&
+           atomic_load_explicit(s->cs[r]->written, memory_order_acquire) <
+               s->seq1;
+}
+
+static int describe_wait(struct mox_req *req, char *buf, size_t len)
+{
+    const sm_t *s = req->state;
+    mox__comm_t *c = req->comm;
+    size_t n = 0;
+    int shown = 0;
+    if (!s)
+        return 0;
+    if (s->phase == PH_TURN && c->shm_small.done_seq1 < s->prev1)
+        return snprintf(buf, len, "%d (its previous small collective, seq "
+                        "%llu)", s->me,
+                        (unsigned long long)(s->prev1 - 1)) > 0;
+    for (int r = 0; r < s->P && n + 24 < len; r++)
+        if (pending(s, r)) {
+            n += (size_t)snprintf(buf + n, len - n, "%s%d (shm %s flag)",
+                                  shown ? ", " : "", r,
+                                  s->phase == PH_TURN ? "read" : "written");
+            shown++;
+        }
+    return shown;
+}
+
+/* Rank r keeps us waiting: now and then read the clock, ask whether r
+ * lives, and give up after MOX_TIMEOUT without a flag moving. */
+static mox_status_t wait_for(struct mox_req *req, sm_t *s, int r)
+{
+    mox__comm_t *c = req->comm;
+    if (r != s->waiting) {
+        s->waiting = r;
+        s->wait_ns = 0;
+    }
+    if (++s->polls % CLOCK_POLLS)
+        return MOX_IN_PROGRESS;
+    uint64_t now = mox__now_ns();
+    if (!s->wait_ns) {
+        s->wait_ns = s->check_ns = now;
+        return MOX_IN_PROGRESS;
+    }
+    if (now - s->check_ns >= PEER_CHECK_NS) {
+        s->check_ns = now;
+        mox_status_t st = mox__peer_check(c, r);
+        if (st != MOX_OK)
+            return mox__fail(c, st, "%s: rank %d is gone (its process "
+                             "ended) while this rank waited for its shm "
+                             "flag", req->name, r);
+    }
+    uint64_t ms = (now - s->wait_ns) / 1000000u;
+    if (ms <= (uint64_t)c->cfg.timeout_ms)
+        return MOX_IN_PROGRESS;
+    char ranks[192] = "";
+    int n = describe_wait(req, ranks, sizeof ranks);
+    return mox__fail(c, MOX_ERR_TIMEOUT, "%s: no progress for %llu ms "
+                     "(MOX_TIMEOUT=%lld); still waiting for rank%s %s",
+                     req->name, (unsigned long long)ms,
+                     (long long)c->cfg.timeout_ms, n == 1 ? "" : "s",
+                     n ? ranks : "(none: a flag moved just now)");
+}
+
+/* Reduce my block from every slot, in rank order, through an
+ * accumulator on the stack (16-bit floats) or in place in `out`. */
+static void reduce_block(const sm_t *s)
+{
+    mox_dtype_t acc_t = mox__reduce_acc_type(s->dt);
+    size_t esz = mox__dtype_size(s->dt), asz = mox__dtype_size(acc_t);
+    uint64_t stack[512]; /* 4 KiB, 8-byte aligned */
+    uint64_t chunk = sizeof stack / asz;
+    for (uint64_t lo = 0; lo < s->mine; lo += chunk) {
+        size_t m = (size_t)(s->mine - lo < chunk ? s->mine - lo : chunk);
+        size_t at = (size_t)(s->off + lo) * esz;
+        char *dst = s->out + (size_t)lo * esz;
+        void *acc = acc_t == s->dt ? (void *)dst : (void *)stack;
+        for (int r = 0; r < s->P; r++) {
+            const char *x = s->cs[r]->slot[s->slot] + MOX_COLL_HDR_BYTES + at;
+            if (r == 0)
+                mox__reduce_init(acc_t, acc, s->dt, x, m);
+            else
+                mox__reduce_apply(s->op, acc_t, acc, s->dt, x, m);
+        }
+        mox__reduce_finish(s->op, s->dt, dst, acc, m, s->P);
+    }
+}
+
+static void gather_blocks(const sm_t *s)
+{
+    size_t esz = mox__dtype_size(s->dt);
+    for (int r = 0; r < s->P; r++) {
+        size_t bytes = (size_t)s->count[r] * esz;
+        char *dst = s->out + (size_t)s->displ[r] * esz;
+        const char *src = r == s->me ? s->src
+                                     : s->cs[r]->slot[s->slot] +
+                                           MOX_COLL_HDR_BYTES;
+        if (bytes && src != dst) /* in place: my block is already there */
+            memcpy(dst, src, bytes);
+    }
+}
+
+/* Everyone's data is here: check the headers, compute, release. */
+static mox_status_t complete(struct mox_req *req, sm_t *s)
+{
+    mox__comm_t *c = req->comm;
+    mox_status_t st = MOX_OK;
+    /* Headers equal to ours need no decoding. */
+    for (int r = 0; r < s->P && st == MOX_OK; r++)
+        if (r != s->me && memcmp(s->cs[r]->slot[s->slot], s->hdr_out,
+                                 MOX_RSAG_HDR_AGREED_BYTES))
+            st = mox__rsag_hdr_check(c, what(s), r, s->cs[r]->slot[s->slot],
+                                     HDR, &s->hdr);
+    if (st == MOX_OK && s->kind == MOX_RSAG_KIND_AG)
+        gather_blocks(s);
+    else if (st == MOX_OK)
+        reduce_block(s);
+    /* Done reading, even after a mismatch: every rank saw every header,
+     * so all fail alike and the slots stay in step for the next op. */
+    atomic_store_explicit(s->cs[s->me]->read, s->seq1, memory_order_release);
+    c->shm_small.done_seq1 = s->seq1;
+    if (st == MOX_ERR_MISMATCH)
+        req->agreed_error = 1;
+    return st;
+}
+
+static mox_status_t progress(struct mox_req *req)
+{
+    sm_t *s = req->state;
+    mox__comm_t *c = req->comm;
+    if (s->phase == PH_TURN) {
+        if (c->shm_small.done_seq1 < s->prev1) {
+            if (c->failed)
+                return mox__fail(c, MOX_ERR_COMM_FAILED, "%s: the small "
+                                 "collective before it failed", req->name);
+            return wait_for(req, s, s->me);
+        }
+        for (; s->next < s->P; s->next++)
+            if (pending(s, s->next))
+                return wait_for(req, s, s->next);
+        char *mine = s->cs[s->me]->slot[s->slot];
+        memcpy(mine, s->hdr_out, HDR);
+        if (s->src_bytes)
+            memcpy(mine + MOX_COLL_HDR_BYTES, s->src, s->src_bytes);
+        atomic_store_explicit(s->cs[s->me]->written, s->seq1,
+                              memory_order_release);
+        s->phase = PH_ARRIVE;
+        s->next = 0;
+        s->waiting = -1;
+    }
+    for (; s->next < s->P; s->next++)
+        if (pending(s, s->next))
+            return wait_for(req, s, s->next);
+    return complete(req, s);
+}
+
+int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes)
+{
+    return c->topo.num_nodes == 1 && c->size > 1 && c->cfg.shm_small > 0 &&
+           bytes <= (uint64_t)c->cfg.shm_small &&
+           mox__shm_coll_slot(c, c->local_rank) != NULL;
+}
+
+/* State shared by both collectives; takes this op's place in the
+ * communicator's order of small ops. */
+static mox_status_t setup(struct mox_req *req, uint32_t kind, int with_counts,
+                          sm_t **out)
+{
+    mox__comm_t *c = req->comm;
+    int P = c->size;
+    size_t extra = (size_t)P * (sizeof(void *) +
+                                (with_counts ? 2 * sizeof(uint64_t) : 0));
+    sm_t *s = calloc(1, sizeof *s + extra);
+    if (!s)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "%s: no memory",
+                         req->name);
+    req->state = s;
+    s->cs = (const mox__coll_slot_t **)(s + 1);
+    if (with_counts) {
+        s->count = (uint64_t *)(s->cs + P);
+        s->displ = s->count + P;
+    }
+    for (int r = 0; r < P; r++)
+        if (!(s->cs[r] = mox__shm_coll_slot(c, c->topo.local_of[r])))
+            return mox__fail(c, MOX_ERR_TRANSPORT, "%s: no shm collective "
+                             "area for rank %d", req->name, r);
+    s->kind = kind;
+    s->waiting = -1;
+    s->P = P;
+    s->me = c->rank;
+    uint64_t i = c->shm_small.ops++;
+    s->slot = (int)(i % MOX_COLL_SLOTS);
+    s->seq1 = req->seq + 1;
+    s->prev1 = c->shm_small.last_seq1;
+    s->reuse1 = c->shm_small.slot_seq1[s->slot];
+    c->shm_small.last_seq1 = s->seq1;
+    c->shm_small.slot_seq1[s->slot] = s->seq1;
+    req->progress = progress;
+    req->describe_wait = describe_wait;
+    *out = s;
+    return MOX_OK;
+}
+
+static mox_status_t check_room(struct mox_req *req, const sm_t *s)
+{
+    if (MOX_COLL_HDR_BYTES + s->src_bytes <= s->cs[s->me]->slot_bytes)
+        return MOX_OK;
+    return mox__fail(req->comm, MOX_ERR_INVALID_ARG, "%s: %zu bytes do not "
+                     "fit a shm collective slot of %zu", req->name,
+                     s->src_bytes, s->cs[s->me]->slot_bytes);
+}
+
+mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
+                                     const mox__rs_args_t *a)
+{
+    sm_t *s;
+    mox_status_t st = setup(req, MOX_RSAG_KIND_RS, 0, &s);
+    if (st != MOX_OK)
+        return st;
+    uint64_t total = 0;
+    for (int r = 0; r < s->P; r++) {
+        if (r == s->me)
+            s->off = total;
+        total += a->counts[r];
+    }
+    s->mine = a->counts[s->me];
+    s->dt = a->dtype;
+    s->op = a->op;
+    s->src = a->in;
+    s->src_bytes = (size_t)total * mox__dtype_size(a->dtype);
+    s->out = a->out;
+    s->hdr = (mox__rsag_hdr_t){
+        MOX_RSAG_KIND_RS, req->seq,
+        mox__rsag_hash(MOX_RSAG_KIND_RS, a->dtype, a->op, 0, a->counts,
+                       s->P),
+        total, s->mine};
+    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    return check_room(req, s);
+}
+
+mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
+{
+    sm_t *s;
+    mox_status_t st = setup(req, MOX_RSAG_KIND_AG, 1, &s);
+    if (st != MOX_OK)
+        return st;
+    uint64_t total = 0;
+    for (int r = 0; r < s->P; r++) {
+        s->count[r] = a->counts[r];
+        s->displ[r] = a->displs[r];
+        total += a->counts[r];
+    }
+    s->dt = a->dtype;
+    s->src = a->src;
+    s->src_bytes = (size_t)s->count[s->me] * mox__dtype_size(a->dtype);
+    s->out = a->out;
+    s->hdr = (mox__rsag_hdr_t){
+        MOX_RSAG_KIND_AG, req->seq,
+        mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, a->counts, s->P),
+        total, s->count[s->me]};
+    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    return check_room(req, s);
+}
