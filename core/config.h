@@ -103,12 +103,14 @@ typedef enum {
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
-    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,               \
-      (int64_t)1 << 20,                                                        \
+    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "1M", NULL, 0,                \
+      (int64_t)1 << 24,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size go through the shm segment's collective area when all "      \
       "ranks share one node (the segment holds 2 slots of this size per "      \
-      "local rank; same value on every rank; 0 disables)")                     \
+      "local rank, capped so the area stays within 32 MiB per node; "          \
+      "allgathers above 64k on 2 ranks stay flat; same value on every "        \
+      "rank; 0 disables)")                                                     \
     X(rs_chunk_bytes, "MOX_RS_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 4096,     \
       (int64_t)1 << 34,                                                        \
       "reduce-scatter/allgather pipeline chunk (bytes of input per message); " \

@@ -313,9 +313,21 @@ static mox_status_t decide_cma(setup_t *s, const shm_attach_t *att)
 /* ------------------------------------------------------------------ */
 /* create / destroy                                                     */
 
+/* Shared memory the collective area may take per node: with many local
+ * ranks MOX_SHM_SMALL shrinks to fit (2 slots per rank). */
+#define SHM_COLL_BUDGET ((uint64_t)32 << 20)
+
 static mox_status_t init_state(setup_t *s)
 {
     mox__comm_t *c = s->comm;
+    uint64_t cap = SHM_COLL_BUDGET / (2 * (uint64_t)c->local_size) &
+                   ~(uint64_t)4095;
+    if ((uint64_t)c->cfg.shm_small > cap) {
+        MOX_DEBUG("shm", "MOX_SHM_SMALL %lld capped to %llu bytes for %d "
+                  "local ranks", (long long)c->cfg.shm_small,
+                  (unsigned long long)cap, c->local_size);
+        c->cfg.shm_small = (int64_t)cap;
+    }
     mox__transport_t *tp = calloc(1, sizeof *tp);
     if (tp) {
         tp->peers = calloc((size_t)c->local_size, sizeof *tp->peers);
