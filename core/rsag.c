@@ -63,6 +63,21 @@ void mox__rows_build(const mox__comm_t *c, int hier, mox__rows_t *g)
     g->L = g->first[g->row + 1] - g->first[g->row];
 }
 
+int mox__vrows(int N, int *nsteps, int *vrow, int *vpos)
+{
+    int N2 = 1, k = 0;
+    for (*nsteps = 0; N2 * 2 <= N; N2 *= 2)
+        ++*nsteps;
+    for (int v = 0; v < N2; v++) {
+        vrow[k++] = v;
+        if (v + N2 < N)
+            vrow[k++] = v + N2;
+    }
+    for (k = 0; k < N; k++)
+        vpos[vrow[k]] = k;
+    return N2;
+}
+
 uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,
                          uint64_t align)
 {

@@ -57,6 +57,22 @@ typedef struct {
  * others size ints). */
 void mox__rows_build(const mox__comm_t *c, int hier, mox__rows_t *g);
 
+/*
+ * Virtual rows of recursive halving/doubling over N rows (rhalving,
+ * rdoubling): with N2 the largest power of two <= N, virtual row v
+ * (0 <= v < N2) is row v and, when v + N2 < N, row v + N2. mox__vrows
+ * returns N2, sets *nsteps = log2(N2) and lists the rows in virtual order
+ * (vrow[N]; vpos[row] = its index there), so that any range of virtual
+ * rows is one contiguous range of rows; mox__vrow_first is the index of
+ * virtual row v's first row in that order (v = N2 gives N).
+ */
+int mox__vrows(int N, int *nsteps, int *vrow, int *vpos);
+static inline int mox__vrow_first(int N, int N2, int v)
+{
+    int extra = N - N2; /* virtual rows 0..extra-1 have two rows */
+    return v <= extra ? 2 * v : extra + v;
+}
+
 /* Elements per pipeline chunk for elements of `elem_bytes` (MOX_RS_CHUNK_SIZE),
  * a multiple of `align` elements (>= 1). */
 uint64_t mox__rsag_chunk(const mox__comm_t *c, size_t elem_bytes,

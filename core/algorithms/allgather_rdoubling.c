@@ -89,15 +89,11 @@ static uint64_t column_count(const rd_t *s, int l)
     return n;
 }
 
-/* Index in column order of the first row of virtual row v: rows v and
- * v + N2 (when it exists) are adjacent. */
-static int vfirst(const rd_t *s, int v)
+/* Offset of virtual row v in the slice/column (v = N2: its end). */
+static uint64_t vbegin(const rd_t *s, int v)
 {
-    int extra = s->g.N - s->N2; /* virtual rows 0..extra-1 have two rows */
-    return v <= extra ? 2 * v : extra + v;
+    return s->voff[mox__vrow_first(s->g.N, s->N2, v)];
 }
-
-static uint64_t vbegin(const rd_t *s, int v) { return s->voff[vfirst(s, v)]; }
 
 /* Doubling step i: the d = 2^i virtual rows whose blocks I hold (mine)
  * and those my partner v ^ d holds (theirs), as [lo, hi) in elements. */
@@ -408,20 +404,10 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
     memcpy(s->count, a->counts, (size_t)P * sizeof(uint64_t));
     memcpy(s->displ, a->displs, (size_t)P * sizeof(uint64_t));
     int N = s->g.N;
-    for (s->N2 = 1; s->N2 * 2 <= N; s->N2 *= 2)
-        s->nsteps++;
-    /* Column order: virtual row v is row v, then row v + N2 if it exists. */
-    int k = 0;
-    for (int v = 0; v < s->N2; v++) {
-        s->vrow[k++] = v;
-        if (v + s->N2 < N)
-            s->vrow[k++] = v + s->N2;
-    }
+    s->N2 = mox__vrows(N, &s->nsteps, s->vrow, s->vpos);
     s->voff[0] = 0;
-    for (k = 0; k < N; k++) {
-        s->vpos[s->vrow[k]] = k;
+    for (int k = 0; k < N; k++)
         s->voff[k + 1] = s->voff[k] + s->count[col_peer(s, s->vrow[k])];
-    }
     if (s->g.row >= s->N2)
         s->nsteps = 0; /* folded rows only send and receive once */
     s->nt = 2 * (size_t)s->nsteps + 2 + 2 * (size_t)(s->g.L - 1);

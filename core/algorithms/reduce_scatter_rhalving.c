@@ -90,15 +90,12 @@ static uint64_t slice_of(const rh_t *s, int l)
         n += s->count[rank_at(s, r, l)];
     return n;
 }
-/* Index in slice order of the first row of virtual row v: rows v and
- * v + N2 (when it exists) are adjacent. */
-static int vfirst(const rh_t *s, int v)
-{
-    int extra = s->g.N - s->N2; /* virtual rows 0..extra-1 have two rows */
-    return v <= extra ? 2 * v : extra + v;
-}
 
-static uint64_t vbegin(const rh_t *s, int v) { return s->voff[vfirst(s, v)]; }
+/* Offset of virtual row v in the slice/column (v = N2: its end). */
+static uint64_t vbegin(const rh_t *s, int v)
+{
+    return s->voff[mox__vrow_first(s->g.N, s->N2, v)];
+}
 
 /* Check a completed message with the header in front and `want` payload
  * bytes. */
@@ -446,21 +443,11 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
         total += a->counts[r];
     }
     int N = s->g.N;
-    for (s->N2 = 1; s->N2 * 2 <= N; s->N2 *= 2)
-        s->nsteps++;
-    /* Slice order: virtual row v is row v, then row v + N2 if it exists. */
-    int k = 0;
-    for (int v = 0; v < s->N2; v++) {
-        s->vrow[k++] = v;
-        if (v + s->N2 < N)
-            s->vrow[k++] = v + s->N2;
-    }
+    s->N2 = mox__vrows(N, &s->nsteps, s->vrow, s->vpos);
     s->voff[0] = 0;
-    for (k = 0; k < N; k++) {
-        s->vpos[s->vrow[k]] = k;
+    for (int k = 0; k < N; k++)
         s->voff[k + 1] = s->voff[k] + s->count[rank_at(s, s->vrow[k],
                                                        s->g.col)];
-    }
     if (s->g.row >= s->N2)
         s->nsteps = 0; /* folded rows only send and receive once */
     s->nt = (size_t)2 * (size_t)(s->g.L - 1) + 2 * (size_t)s->nsteps + 2;
