@@ -220,28 +220,28 @@ KERNEL void f32_acc_n(const float *restrict s, float *restrict d, size_t n)
         d[i] += s[i];
 }
 
-static void bf16_to_f32_array(const uint16_t *s, float *d, size_t n)
+MOX_CLONES static void bf16_to_f32_array(const uint16_t *s, float *d, size_t n)
 {
     size_t i = 0;
     for (; i + CHUNK <= n; i += CHUNK)
         bf16_to_n(s + i, d + i, CHUNK);
     bf16_to_n(s + i, d + i, n - i);
 }
-static void f16_to_f32_array(const uint16_t *s, float *d, size_t n)
+MOX_CLONES static void f16_to_f32_array(const uint16_t *s, float *d, size_t n)
 {
     size_t i = 0;
     for (; i + CHUNK <= n; i += CHUNK)
         f16_to_n(s + i, d + i, CHUNK);
     f16_to_n(s + i, d + i, n - i);
 }
-static void bf16_from_f32_array(const float *s, uint16_t *d, size_t n)
+MOX_CLONES static void bf16_from_f32_array(const float *s, uint16_t *d, size_t n)
 {
     size_t i = 0;
     for (; i + CHUNK <= n; i += CHUNK)
         bf16_from_n(s + i, d + i, CHUNK);
     bf16_from_n(s + i, d + i, n - i);
 }
-static void f16_from_f32_array(const float *s, uint16_t *d, size_t n)
+MOX_CLONES static void f16_from_f32_array(const float *s, uint16_t *d, size_t n)
 {
     size_t i = 0;
     for (; i + CHUNK <= n; i += CHUNK)
@@ -293,7 +293,7 @@ void mox__from_f32(mox_dtype_t to, const float *src, void *dst, size_t n)
     }
 }
 
-void mox__accumulate_f32(mox_dtype_t from, const void *src, float *dst,
+MOX_CLONES void mox__accumulate_f32(mox_dtype_t from, const void *src, float *dst,
                          size_t n)
 {
     const uint16_t *h = src;
@@ -362,7 +362,7 @@ KERNEL void decode_n(const uint8_t *restrict q, float scale,
         x[i] = e4m3_to(q[i]) * scale;
 }
 
-static float block_scale(const float *x, size_t n)
+KERNEL float block_scale(const float *x, size_t n)
 {
     uint32_t m = n == MOX_FP8_BLOCK ? amax_bits(x, MOX_FP8_BLOCK)
                                     : amax_bits(x, n);
@@ -372,7 +372,7 @@ static float block_scale(const float *x, size_t n)
     return scale < MIN_SCALE ? MIN_SCALE : scale;
 }
 
-static void encode_block(const float *x, size_t n, unsigned char *scale_at,
+KERNEL void encode_block(const float *x, size_t n, unsigned char *scale_at,
                          uint8_t *q)
 {
     float scale = block_scale(x, n);
@@ -383,7 +383,7 @@ static void encode_block(const float *x, size_t n, unsigned char *scale_at,
         encode_n(x, scale, q, n);
 }
 
-void mox__fp8_encode(mox_dtype_t from, const void *src, size_t n, void *dst)
+MOX_CLONES void mox__fp8_encode(mox_dtype_t from, const void *src, size_t n, void *dst)
 {
     size_t nblocks = (n + MOX_FP8_BLOCK - 1) / MOX_FP8_BLOCK;
     unsigned char *scales = dst;
@@ -413,7 +413,7 @@ void mox__fp8_encode(mox_dtype_t from, const void *src, size_t n, void *dst)
     }
 }
 
-void mox__fp8_decode(const void *src, size_t n, mox_dtype_t to, void *dst)
+MOX_CLONES void mox__fp8_decode(const void *src, size_t n, mox_dtype_t to, void *dst)
 {
     size_t nblocks = (n + MOX_FP8_BLOCK - 1) / MOX_FP8_BLOCK;
     const unsigned char *scales = src;

