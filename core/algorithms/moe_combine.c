@@ -255,25 +255,46 @@ static mox_status_t post_sums(struct mox_req *req, combine_t *s)
     return st;
 }
 
-/* Source: sum every returned row into its token, rank order, then write. */
+/*
+ * Source: sum the rows returned for each token in rank order, then write
+ * it. Token by token: each rank's rows for me are in token order, so a
+ * cursor per rank finds the token's rows; they are summed into one
+ * cache-resident f32 row and written once. (Summing every rank's rows into
+ * a T x H f32 array and converting it afterwards moved about 4 x the
+ * bytes; on 1 x 8 that array was a fifth of the whole run.) Per element
+ * the additions are the same, in the same order, as in that array.
+ */
 static mox_status_t finish_out(combine_t *s)
 {
     struct mox_moe *m = s->m;
-    size_t H = (size_t)m->H, rb = s->row_bytes;
-    size_t T = (size_t)m->num_tokens;
-    float *acc = mox__buf_reserve(&m->comb_part, T * H * 4 + 8);
-    if (!acc)
+    size_t H = (size_t)m->H, rb = s->row_bytes, P = (size_t)m->P;
+    size_t T = (size_t)m->num_tokens, ob = H * m->x_elem;
+    uint64_t *cur = mox__buf_reserve(&m->comb_part, 3 * P * sizeof(uint64_t) +
+                                                        H * sizeof(float) + 8);
+    if (!cur)
         return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe_combine: no memory "
                          "for %zu tokens", T);
-    memset(acc, 0, T * H * 4);
-    for (int x = 0; x < m->P; x++) {
-        const mox__csr_t *bl = back_list(m, x);
-        const char *rows = s->recv + s->recv_off[x] * rb;
-        for (uint64_t j = bl->off[x]; j < bl->off[x + 1]; j++)
-            accumulate(m, rows + (j - bl->off[x]) * rb,
-                       acc + (size_t)bl->item[j] * H);
+    uint64_t *end = cur + P;
+    const int32_t **item = (const int32_t **)(void *)(end + P);
+    float *acc = (float *)(void *)(item + P);
+    for (size_t x = 0; x < P; x++) {
+        const mox__csr_t *bl = back_list(m, (int)x);
+        item[x] = bl->item + bl->off[x];
+        cur[x] = 0;
+        end[x] = bl->off[x + 1] - bl->off[x];
     }
-    mox__from_f32(m->cfg.x_dtype, acc, s->out, T * H);
+    for (size_t t = 0; t < T; t++) {
+        memset(acc, 0, H * sizeof(float));
+        for (size_t x = 0; x < P; x++)
+            if (cur[x] < end[x] && (size_t)item[x][cur[x]] == t)
+                accumulate(m, s->recv + (s->recv_off[x] + cur[x]++) * rb, acc);
+        mox__from_f32(m->cfg.x_dtype, acc, (char *)s->out + t * ob, H);
+    }
+    for (size_t x = 0; x < P; x++)
+        if (cur[x] != end[x])
+            return mox__fail(m->comm, MOX_ERR_PROTOCOL, "moe_combine: rank "
+                             "%zu's rows for this rank are not in token order",
+                             x);
     return MOX_OK;
 }
 
