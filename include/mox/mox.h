@@ -149,8 +149,13 @@ typedef struct {
 MOX_API mox_status_t mox_comm_create(const mox_comm_params_t *params,
                                      mox_comm_t *comm);
 
-/* Destroy a communicator; NULL is accepted. Not collective, but peers that
- * still talk to this rank will time out. Outstanding requests are freed. */
+/* Destroy a communicator; NULL is accepted. Call it on every rank: on a
+ * healthy communicator spanning several nodes it first waits (at most
+ * about 2 s) until every rank is in destroy, so that no rank closes its
+ * connections while a peer still takes in its last messages; a failed
+ * communicator, or ranks that never come, only cost that wait. Peers that
+ * still talk to this rank afterwards will time out. Outstanding requests
+ * are freed. */
 MOX_API void mox_comm_destroy(mox_comm_t comm);
 
 MOX_API int mox_comm_rank(mox_comm_t comm);
