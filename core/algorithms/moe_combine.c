@@ -197,61 +197,77 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
     return st;
 }
 
-/* Forwarder: partial rows of every local rank are here; sum them per
- * record in local-rank order and send one row per record back. */
+/*
+ * Forwarder: partial rows of every local rank are here; sum them per
+ * record in local-rank order and send one row per record back. Record by
+ * record, as the source does with its tokens: each local rank's rows are
+ * in record order, so a cursor per rank finds a record's rows, which are
+ * summed into one cache-resident f32 row and written to the send area
+ * once; each source's rows go as soon as they are summed.
+ */
 static mox_status_t post_sums(struct mox_req *req, combine_t *s)
 {
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
-    size_t H = (size_t)m->H, rb = s->row_bytes;
-    /* Sums exist only for the records of the remote sources I serve; they
-     * are numbered lo .. hi-1 among all records I received. */
-    uint64_t lo = UINT64_MAX, hi = 0;
-    for (int x = 0; x < m->P; x++)
-        if (served_remote(m, x) && m->hop_in[x]) {
-            lo = m->hopin_first[x] < lo ? m->hopin_first[x] : lo;
-            hi = m->hopin_first[x] + m->hop_in[x];
-        }
-    if (hi == 0)
-        return MOX_OK;
-    float *acc = mox__buf_reserve(&m->comb_accum, (hi - lo) * H * 4 + 8);
-    if (!acc)
+    size_t H = (size_t)m->H, rb = s->row_bytes, L = (size_t)s->L;
+    size_t me = (size_t)c->local_rank;
+    uint64_t *cur = mox__buf_reserve(&m->comb_accum, 2 * L * sizeof(uint64_t) +
+                                                         H * sizeof(float) + 8);
+    if (!cur)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory to "
-                         "sum %llu records", (unsigned long long)(hi - lo));
-    memset(acc, 0, (hi - lo) * H * 4);
-    /* Local ranks in order; my own rows come straight from expert_out (the
-     * served sources' rows, in source then token order, as my list). */
-    for (int l = 0; l < s->L; l++) {
-        uint64_t j = m->fwd.off[l], end = m->fwd.off[l + 1];
-        if (l != c->local_rank) {
-            const char *rows = s->recv + s->part_off[l] * rb;
-            for (; j < end; j++)
-                accumulate(m, rows + (j - m->fwd.off[l]) * rb,
-                           acc + (m->fwd_rec[j] - lo) * H);
-            continue;
-        }
-        for (int x = 0; x < m->P && j < end; x++) {
-            if (!served_remote(m, x))
-                continue;
-            const char *row = s->expert_out + m->final_off[x] * H * m->x_elem;
-            for (uint64_t k = 0; k < m->final_in[x] && j < end; k++, j++)
-                mox__accumulate_f32(m->cfg.x_dtype, row + k * H * m->x_elem,
-                                    acc + (m->fwd_rec[j] - lo) * H, H);
-        }
+                         "sum records");
+    uint64_t *end = cur + L;
+    float *acc = (float *)(void *)(end + L);
+    for (size_t l = 0; l < L; l++) {
+        cur[l] = m->fwd.off[l];
+        end[l] = m->fwd.off[l + 1];
     }
+    /* My own rows come straight from expert_out: the served sources' rows,
+     * in source then token order, as my list; (ox, ok) walks them. */
+    int ox = 0;
+    uint64_t ok = 0;
     mox_status_t st = MOX_OK;
     uint64_t btag = mox__tag(req->seq, STEP_BACK);
     for (int x = 0; x < m->P && st == MOX_OK; x++) {
         if (!served_remote(m, x) || !m->hop_in[x])
             continue;
-        const float *a = acc + (m->hopin_first[x] - lo) * H;
         char *dst = s->send + s->send_off[x] * rb;
-        if (m->comb_elem == 4)
-            memcpy(dst, a, m->hop_in[x] * H * 4);
-        else
-            mox__from_f32(MOX_DTYPE_BF16, a, dst, m->hop_in[x] * H);
+        for (uint64_t r = m->hopin_first[x]; r < m->hopin_first[x + 1]; r++) {
+            memset(acc, 0, H * sizeof(float));
+            for (size_t l = 0; l < L; l++) {
+                if (cur[l] >= end[l] || m->fwd_rec[cur[l]] != r)
+                    continue;
+                if (l != me) {
+                    accumulate(m, s->recv + (s->part_off[l] + cur[l]++ -
+                                             m->fwd.off[l]) * rb, acc);
+                    continue;
+                }
+                while (ox < m->P &&
+                       (!served_remote(m, ox) || ok >= m->final_in[ox])) {
+                    ox++;
+                    ok = 0;
+                }
+                if (ox == m->P)
+                    return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: more "
+                                     "own rows listed than received");
+                mox__accumulate_f32(m->cfg.x_dtype,
+                                    s->expert_out + (m->final_off[ox] + ok++) *
+                                                        H * m->x_elem,
+                                    acc, H);
+                cur[l]++;
+            }
+            char *row = dst + (r - m->hopin_first[x]) * rb;
+            if (m->comb_elem == 4)
+                memcpy(row, acc, H * sizeof(float));
+            else
+                mox__from_f32(MOX_DTYPE_BF16, acc, row, H);
+        }
         st = mox__isend(c, x, btag, dst, m->hop_in[x] * rb, &s->bsend[x]);
     }
+    for (size_t l = 0; l < L && st == MOX_OK; l++)
+        if (cur[l] != end[l])
+            st = mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: local rank "
+                           "%zu's rows are not in record order", l);
     return st;
 }
 
