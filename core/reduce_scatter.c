@@ -48,15 +48,13 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
                   "the pipelined algorithm");
     a->hier = choose_hier(c, log ? MOX_RSAG_AUTO : algo);
     /* rhalving's grid needs equal nodes; one column of all ranks else. */
-    a->grid = a->hier && mox__grid_nodes_equal(c) ? MOX_RSAG_GRID_NODES
-                                                   : MOX_RSAG_GRID_COLUMN;
+    a->node_grid = a->hier && mox__grid_nodes_equal(c);
     const char *name = a->block_elems
                            ? (a->hier ? "reduce_scatter_sparse_hier"
                                       : "reduce_scatter_sparse_flat")
                        : shm ? "reduce_scatter_shm"
-                       : log ? (a->grid == MOX_RSAG_GRID_NODES
-                                    ? "reduce_scatter_rhalving_hier"
-                                        : "reduce_scatter_rhalving")
+                       : log ? (a->node_grid ? "reduce_scatter_rhalving_hier"
+                                             : "reduce_scatter_rhalving")
                              : (a->hier ? "reduce_scatter_hier"
                                         : "reduce_scatter_flat");
     struct mox_req *req;

@@ -26,10 +26,6 @@ typedef struct {
     int *rank;   /* [N * L], owned by the algorithm's state */
 } mox__grid_t;
 
-/* Grids of the latency algorithms: nodes x local ranks, or one column of
- * all ranks (one node, or nodes of unequal size). */
-enum { MOX_RSAG_GRID_FLAT, MOX_RSAG_GRID_NODES, MOX_RSAG_GRID_COLUMN };
-
 /* 1 when the communicator's nodes all have the same number of ranks. */
 int mox__grid_nodes_equal(const mox__comm_t *c);
 /* Fill g (g->rank must hold size ints) as hier or flat. */
@@ -92,7 +88,8 @@ typedef struct {
     const uint64_t *blocks;  /* sparse: present blocks, ascending */
     uint64_t nblocks;
     int hier;                /* hier algorithm: node grid, else flat */
-    int grid;                /* rhalving: MOX_RSAG_GRID_* */
+    int node_grid;           /* rhalving: nodes x local ranks (equal
+                                nodes), else one column of all ranks */
 } mox__rs_args_t;
 
 typedef struct {

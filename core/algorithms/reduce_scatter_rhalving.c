@@ -423,10 +423,10 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
     s->g.rank = (int *)(s->voff + P + 1);
     s->vrow = s->g.rank + P;
     s->vpos = s->vrow + P;
-    if (a->grid == MOX_RSAG_GRID_COLUMN)
-        mox__grid_build_column(c, &s->g);
+    if (a->node_grid)
+        mox__grid_build(c, 1, &s->g);
     else
-        mox__grid_build(c, a->grid == MOX_RSAG_GRID_NODES, &s->g);
+        mox__grid_build_column(c, &s->g);
     s->P = P;
     s->me = c->rank;
     s->dt = a->dtype;
