@@ -3,6 +3,7 @@
 #define _GNU_SOURCE /* sched_getaffinity */
 #endif
 #include "comm.h"
+#include "scratch.h"
 #include "log.h"
 
 #include <sched.h>
@@ -253,6 +254,7 @@ void mox_comm_destroy(mox_comm_t c)
                       mox_status_name(st));
     }
     mox__req_free_all(c);
+    mox__scratch_fini(c);
     for (int i = MOX_TP_COUNT - 1; i >= 0; i--)
         if (c->tp_ops[i])
             c->tp_ops[i]->destroy(c->tp[i]);

@@ -10,6 +10,9 @@
 #include "topo.h"
 #include "transport.h"
 
+/* Scratch buffers a communicator keeps between collectives (scratch.c). */
+#define MOX_SCRATCH_SLOTS 8
+
 /* Tags: core uses the low MOX_TAG_BITS bits; transports may use the rest
  * (ucx puts the sender's rank there). */
 #define MOX_TAG_BITS 40
@@ -54,6 +57,13 @@ struct mox_comm {
         uint64_t done_seq1; /* the last one finished on this rank */
         uint64_t slot_seq1[MOX_COLL_SLOTS]; /* the last one in each slot */
     } shm_small;
+    /* Scratch buffers kept for the next collective (core/scratch.c). */
+    struct {
+        int n;
+        size_t bytes;
+        void *buf[MOX_SCRATCH_SLOTS];
+        size_t cap[MOX_SCRATCH_SLOTS];
+    } scratch;
     int failed;             /* a fatal error happened; only destroy is useful */
     mox_stats_t stats;
     struct mox_req *active; /* requests not yet finished, for progress */

@@ -51,8 +51,8 @@ typedef enum {
     X(net_devices, "MOX_NET_DEVICES", MOX_CFG_STRING, "", NULL, 0, 0,          \
       "UCX network devices between nodes (UCX_NET_DEVICES syntax; "            \
       "default: all)")                                                         \
-    X(net_eager_max, "MOX_NET_EAGER_MAX", MOX_CFG_STRING, "auto", NULL, 0, 0, \
-      "largest message between nodes sent eagerly, without UCX's rendezvous " \
+    X(net_eager_max, "MOX_NET_EAGER_MAX", MOX_CFG_STRING, "auto", NULL, 0, 0,  \
+      "largest message between nodes sent eagerly, without UCX's rendezvous "  \
       "handshake (UCX RNDV_THRESH): a size such as 1M, ucx (UCX's choice) "    \
       "or auto = 64M when MOX_NET_TLS is tcp (a handshake per message "        \
       "waits on a busy peer), UCX's choice otherwise; UCX_RNDV_THRESH in "     \
@@ -83,7 +83,7 @@ typedef enum {
     X(moe_combine_wire, "MOX_MOE_COMBINE_WIRE", MOX_CFG_ENUM, "f32",           \
       "f32|bf16", 0, 0,                                                        \
       "MoE combine wire format when the handle's config says DEFAULT")         \
-    X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",   \
+    X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",    \
       "auto|flat|hier|rhalving", 0, 0,                                         \
       "reduce-scatter algorithm: flat (direct, fixed rank order), hier (shm "  \
       "inside nodes, then rail peers, pipelined) or rhalving (shm inside "     \
@@ -103,10 +103,10 @@ typedef enum {
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
-    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "1M", NULL, 0,                \
+    X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "1M", NULL, 0,                 \
       (int64_t)1 << 24,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
-      "this size go through the shm segment's collective area when all "      \
+      "this size go through the shm segment's collective area when all "       \
       "ranks share one node (the segment holds 2 slots of this size per "      \
       "local rank, capped so the area stays within 32 MiB per node; "          \
       "allgathers above 64k on 2 ranks stay flat; same value on every "        \
@@ -115,6 +115,12 @@ typedef enum {
       (int64_t)1 << 34,                                                        \
       "reduce-scatter/allgather pipeline chunk (bytes of input per message); " \
       "part of the fixed reduction order")                                     \
+    X(scratch_cache, "MOX_SCRATCH_CACHE", MOX_CFG_SIZE, "256M", NULL, 0,       \
+      (int64_t)1 << 40,                                                        \
+      "bytes of collective scratch buffers (receive and packing areas of "     \
+      "reduce-scatter and alltoallv) a communicator keeps for its next "       \
+      "calls instead of returning them to the system, so large calls do not "  \
+      "fault fresh pages in every time; kept until destroy; 0 disables")       \
     X(stats, "MOX_STATS", MOX_CFG_BOOL, "0", NULL, 0, 0,                       \
       "print this rank's traffic counters when the communicator is "           \
       "destroyed")

@@ -21,6 +21,7 @@
 #include "core/comm.h"
 #include "core/wire.h"
 #include "core/a2a_plan.h"
+#include "core/scratch.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -63,10 +64,10 @@ static void free_state(struct mox_req *req)
     hier_t *s = req->state;
     if (!s)
         return;
-    free(s->pack);
-    free(s->gdata);
-    free(s->netout);
-    free(s->netin);
+    mox__scratch_put(req->comm, s->pack);
+    mox__scratch_put(req->comm, s->gdata);
+    mox__scratch_put(req->comm, s->netout);
+    mox__scratch_put(req->comm, s->netin);
 }
 
 /* Phase 1 -> 2: all gather headers are in; post the payload receives. */
@@ -93,7 +94,7 @@ static mox_status_t post_gather_data(struct mox_req *req)
     }
     if (st != MOX_OK)
         return st;
-    s->gdata = malloc(total ? total : 1);
+    s->gdata = mox__scratch_get(c, total);
     if (!s->gdata)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "alltoallv: no memory to "
                          "gather %llu bytes", (unsigned long long)total);
@@ -130,7 +131,7 @@ static mox_status_t post_net_sends(struct mox_req *req)
     for (int a = 0; a < s->L; a++)
         total += s->gbytes[a];
     size_t hdr_bytes = mox__wire_bytes((uint32_t)s->L);
-    s->netout = malloc(total + (size_t)s->nserve * hdr_bytes + 1);
+    s->netout = mox__scratch_get(c, total + (size_t)s->nserve * hdr_bytes);
     if (!s->netout)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "alltoallv: no memory for "
                          "%d network messages", s->nserve);
@@ -404,8 +405,8 @@ mox_status_t mox__alltoallv_hier(struct mox_req *req,
         }
         s->netin_off[b + 1] = s->netin_off[b] + bytes;
     }
-    s->pack = malloc(pack_bytes + 1);
-    s->netin = malloc(s->netin_off[s->N] + 1);
+    s->pack = mox__scratch_get(c, pack_bytes);
+    s->netin = mox__scratch_get(c, s->netin_off[s->N]);
     if (!s->pack || !s->netin)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "alltoallv: no memory for "
                          "%llu + %zu staging bytes",

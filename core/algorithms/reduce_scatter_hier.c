@@ -32,6 +32,7 @@
 #include "core/dtype.h"
 #include "core/reduce.h"
 #include "core/rsag.h"
+#include "core/scratch.h"
 
 #include <stdlib.h>
 #include <string.h>
@@ -107,7 +108,7 @@ static void free_state(struct mox_req *req)
         return;
     for (int i = 0; i < s->nslot; i++)
         free(s->stage[i]);
-    free(s->mem);
+    mox__scratch_put(req->comm, s->mem);
 }
 
 /* Messages for `nseg` segments: a header alone when there is no data. */
@@ -801,7 +802,7 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
     s->chunk = mox__rsag_chunk(c, s->asz, s->be);
     plan(s);
     size_t bytes = layout(s, NULL);
-    s->mem = malloc(bytes ? bytes : 1);
+    s->mem = mox__scratch_get(c, bytes);
     if (!s->mem)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "reduce_scatter: no memory "
                          "for %zu bytes of buffers", bytes);
