@@ -107,8 +107,9 @@ typedef enum {
       (int64_t)1 << 24,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
       "this size go through the shm segment's collective area when all "       \
-      "ranks share one node (the segment holds 2 slots of this size per "      \
-      "local rank, capped so the area stays within 32 MiB per node; "          \
+      "ranks share one node, block-sparse ones too (the segment holds 2 "    \
+      "slots of this size, plus 1/64 for a sparse bitmap, per local rank, "    \
+      "capped so the area stays within about 32 MiB per node; "                \
       "allgathers above 64k on 2 ranks stay flat; same value on every "        \
       "rank; 0 disables)")                                                     \
     X(rs_chunk_bytes, "MOX_RS_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 4096,     \

@@ -31,10 +31,12 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
 {
     int64_t algo = c->cfg.reduce_scatter_algo;
     size_t bytes = total * mox__dtype_size(a->dtype);
-    /* One node, small dense vector: every rank reads the others' inputs
-     * in the shm collective area (MOX_SHM_SMALL), no messages. */
-    int shm = !a->block_elems && algo == MOX_RSAG_AUTO &&
-              mox__shm_small_fits(c, bytes);
+    /* One node, small vector: every rank reads the others' inputs in the
+     * shm collective area (MOX_SHM_SMALL), no messages; block-sparse ones
+     * write and read only their present blocks there, after a bitmap. */
+    int shm = algo == MOX_RSAG_AUTO && mox__shm_small_fits(c, bytes) &&
+              mox__shm_sparse_bitmap_bytes(total, a->block_elems) <=
+                  (uint64_t)c->cfg.shm_small / 64;
     /* rhalving is dense only: sparse vectors keep their own messages. */
     /* On one node the direct shm exchange is faster than log2(P) steps
      * (measured on 1 x 8), so auto takes rhalving across nodes only. */
@@ -50,8 +52,9 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
     /* rhalving's grid needs equal nodes; one column of all ranks else. */
     a->node_grid = a->hier && mox__grid_nodes_equal(c);
     const char *name = a->block_elems
-                           ? (a->hier ? "reduce_scatter_sparse_hier"
-                                      : "reduce_scatter_sparse_flat")
+                           ? (shm       ? "reduce_scatter_sparse_shm"
+                              : a->hier ? "reduce_scatter_sparse_hier"
+                                        : "reduce_scatter_sparse_flat")
                        : shm ? "reduce_scatter_shm"
                        : log ? (a->node_grid ? "reduce_scatter_rhalving_hier"
                                              : "reduce_scatter_rhalving")

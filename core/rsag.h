@@ -115,6 +115,10 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
  * `bytes` (the whole vector) fits MOX_SHM_SMALL; the same on every rank,
  * as MOX_SHM_SMALL must be. */
 int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes);
+/* Block-sparse reduce-scatter in the shm area: the bitmap in front of the
+ * data (a multiple of 64 bytes; 0 when dense). A slot has room for
+ * MOX_SHM_SMALL bytes of data and a bitmap of 1/64 of that. */
+size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems);
 mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
                                      const mox__rs_args_t *a);
 mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a);

@@ -83,6 +83,8 @@ typedef struct {
     char *rx1;                     /* (L-1) row peers' contributions */
     char *rx2;                     /* (N-1) row partials of my block */
     char *fin;                     /* my block, final accumulator (N > 1) */
+    int out_direct;                /* the last accumulator (acc on one row,
+                                      fin on several) is `out` itself */
     char *pack1, *pack2;           /* sparse send staging */
     size_t *pack2_off;             /* [nss+1] */
     uint8_t *seg_done;             /* [nss] reduced over the row */
@@ -664,8 +666,8 @@ static size_t layout(rs_t *s, char *base)
      * contribution, acc_mask says which), so they are not cleared: a
      * calloc of them cost a quarter of a sparse run. */
     s->zeroed = off;
-    PLACE(acc, slice * s->asz);
-    PLACE(fin, N > 1 ? mine * s->asz : 0);
+    PLACE(acc, N == 1 && s->out_direct ? 0 : slice * s->asz);
+    PLACE(fin, N > 1 && !s->out_direct ? mine * s->asz : 0);
     /* Receive areas: the header first, a bitmap before every sparse
      * segment. */
     size_t row_area = HDR, col_area = HDR, pack2 = 0;
@@ -800,6 +802,12 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
         total += a->counts[r];
     }
     s->chunk = mox__rsag_chunk(c, s->asz, s->be);
+    /* The last accumulation can go straight into `out` when it has the
+     * accumulator's type and overlaps no input: no copy at the end. */
+    uintptr_t o = (uintptr_t)s->out, i = (uintptr_t)s->in;
+    s->out_direct = s->acc_t == s->dt && s->count[s->me] &&
+                    (o + s->count[s->me] * s->esz <= i ||
+                     o >= i + total * s->esz);
     plan(s);
     size_t bytes = layout(s, NULL);
     s->mem = mox__scratch_get(c, bytes);
@@ -808,6 +816,10 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
                          "for %zu bytes of buffers", bytes);
     memset(s->mem, 0, s->zeroed); /* before layout writes the offsets */
     layout(s, s->mem);
+    if (s->out_direct && s->g.N == 1)
+        s->acc = s->out;
+    else if (s->out_direct)
+        s->fin = s->out;
     for (uint64_t i = 0; s->be && i < a->nblocks; i++)
         set_bit(s->in_mask, a->blocks[i]);
     s->row_recv = s->t;

@@ -69,6 +69,10 @@ typedef struct {
     mox_dtype_t dt;
     mox_op_t op;
     uint64_t mine, off;          /* reduce-scatter: my block (elements) */
+    uint64_t be;                 /* sparse: block elements; 0 = dense */
+    const uint64_t *blocks;      /* sparse: my present blocks, ascending */
+    uint64_t nblocks;
+    size_t bm_bytes;             /* sparse: bitmap in front of the data */
     uint64_t *count, *displ;     /* allgather: [P] */
     const mox__coll_slot_t **cs; /* [P] by rank */
     mox__rsag_hdr_t hdr;
@@ -173,6 +177,75 @@ static void reduce_block(const sm_t *s)
     }
 }
 
+static int has_block(const sm_t *s, int r, uint64_t b)
+{
+    const uint64_t *bm =
+        (const uint64_t *)(const void *)(s->cs[r]->slot[s->slot] +
+                                         MOX_COLL_HDR_BYTES);
+    return (int)((bm[b / 64] >> (b % 64)) & 1);
+}
+
+/* Block-sparse: each block of my slice from the slots that have it, in
+ * rank order (the order of the message algorithms: partials start from
+ * their first contribution); blocks nobody has come out zero. */
+static void reduce_sparse(const sm_t *s)
+{
+    mox_dtype_t acc_t = mox__reduce_acc_type(s->dt);
+    size_t esz = mox__dtype_size(s->dt), asz = mox__dtype_size(acc_t);
+    uint64_t stack[512];
+    uint64_t chunk = sizeof stack / asz;
+    if (chunk > s->be)
+        chunk = s->be;
+    for (uint64_t b = s->off / s->be; b < (s->off + s->mine) / s->be; b++) {
+        for (uint64_t lo = 0; lo < s->be; lo += chunk) {
+            size_t m = (size_t)(s->be - lo < chunk ? s->be - lo : chunk);
+            uint64_t e = b * s->be + lo;
+            char *dst = s->out + (size_t)(e - s->off) * esz;
+            void *acc = acc_t == s->dt ? (void *)dst : (void *)stack;
+            int first = 1;
+            for (int r = 0; r < s->P; r++) {
+                if (!has_block(s, r, b))
+                    continue;
+                const char *x = s->cs[r]->slot[s->slot] + MOX_COLL_HDR_BYTES +
+                                s->bm_bytes + (size_t)e * esz;
+                if (first)
+                    mox__reduce_init(acc_t, acc, s->dt, x, m);
+                else
+                    mox__reduce_apply(s->op, acc_t, acc, s->dt, x, m);
+                first = 0;
+            }
+            if (first)
+                memset(dst, 0, m * esz);
+            else
+                mox__reduce_finish(s->op, s->dt, dst, acc, m, s->P);
+        }
+    }
+}
+
+/* My slot: header, then (sparse) the bitmap of my blocks and each present
+ * block at its dense place; absent blocks are neither written nor read. */
+static void write_slot(sm_t *s, mox__comm_t *c)
+{
+    char *mine = s->cs[s->me]->slot[s->slot];
+    memcpy(mine, s->hdr_out, HDR);
+    if (!s->be) {
+        if (s->src_bytes)
+            memcpy(mine + MOX_COLL_HDR_BYTES, s->src, s->src_bytes);
+        return;
+    }
+    uint64_t *bm = (uint64_t *)(void *)(mine + MOX_COLL_HDR_BYTES);
+    char *data = mine + MOX_COLL_HDR_BYTES + s->bm_bytes;
+    size_t blk = (size_t)s->be * mox__dtype_size(s->dt);
+    memset(bm, 0, s->bm_bytes);
+    for (uint64_t i = 0; i < s->nblocks; i++) {
+        uint64_t b = s->blocks[i];
+        bm[b / 64] |= UINT64_C(1) << (b % 64);
+        memcpy(data + b * blk, s->src + b * blk, blk);
+    }
+    c->stats.bytes_sparse_saved +=
+        (uint64_t)(s->src_bytes - s->bm_bytes) - s->nblocks * blk;
+}
+
 static void gather_blocks(const sm_t *s)
 {
     size_t esz = mox__dtype_size(s->dt);
@@ -200,6 +273,8 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
                                      HDR, &s->hdr);
     if (st == MOX_OK && s->kind == MOX_RSAG_KIND_AG)
         gather_blocks(s);
+    else if (st == MOX_OK && s->be)
+        reduce_sparse(s);
     else if (st == MOX_OK)
         reduce_block(s);
     /* Done reading, even after a mismatch: every rank saw every header,
@@ -225,10 +300,7 @@ static mox_status_t progress(struct mox_req *req)
         for (; s->next < s->P; s->next++)
             if (pending(s, s->next))
                 return wait_for(req, s, s->next);
-        char *mine = s->cs[s->me]->slot[s->slot];
-        memcpy(mine, s->hdr_out, HDR);
-        if (s->src_bytes)
-            memcpy(mine + MOX_COLL_HDR_BYTES, s->src, s->src_bytes);
+        write_slot(s, c);
         atomic_store_explicit(s->cs[s->me]->written, s->seq1,
                               memory_order_release);
         s->phase = PH_ARRIVE;
@@ -246,6 +318,13 @@ int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes)
     return c->topo.num_nodes == 1 && c->size > 1 && c->cfg.shm_small > 0 &&
            bytes <= (uint64_t)c->cfg.shm_small &&
            mox__shm_coll_slot(c, c->local_rank) != NULL;
+}
+
+size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems)
+{
+    if (!block_elems)
+        return 0;
+    return (size_t)((total / block_elems + 511) / 512 * 64);
 }
 
 /* State shared by both collectives; takes this op's place in the
@@ -314,12 +393,16 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     s->dt = a->dtype;
     s->op = a->op;
     s->src = a->in;
-    s->src_bytes = (size_t)total * mox__dtype_size(a->dtype);
+    s->be = a->block_elems;
+    s->blocks = a->blocks;
+    s->nblocks = a->nblocks;
+    s->bm_bytes = mox__shm_sparse_bitmap_bytes(total, s->be);
+    s->src_bytes = s->bm_bytes + (size_t)total * mox__dtype_size(a->dtype);
     s->out = a->out;
+    uint32_t kind = s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS;
     s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_RS, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_RS, a->dtype, a->op, 0, a->counts,
-                       s->P),
+        kind, req->seq,
+        mox__rsag_hash(kind, a->dtype, a->op, s->be, a->counts, s->P),
         total, s->mine};
     mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
     return check_room(req, s);

@@ -632,6 +632,21 @@ static int bad_args(mox_comm_t comm, opts_t *o)
  * from header + data to a header alone, the sizes disagree too). */
 static int mismatch(mox_comm_t comm, const opts_t *o)
 {
+    if (!strcmp(o->coll, "sparse")) {
+        /* Same counts, but the victim cuts them into other blocks. */
+        uint64_t be = me == o->victim ? 32 : 16, n = 64 * (uint64_t)P / be;
+        float *in = calloc(64 * (size_t)P, sizeof *in), out[64];
+        uint64_t *blocks = malloc(n * sizeof *blocks);
+        for (uint64_t b = 0; b < n; b++)
+            blocks[b] = b;
+        mox_status_t st = mox_reduce_scatter_sparse(
+            comm, in, out, 64, MOX_DTYPE_F32, MOX_OP_SUM, be, blocks, n);
+        if (st != MOX_OK)
+            fail(comm, "sparse reduce_scatter with mismatched blocks", st);
+        free(in);
+        free(blocks);
+        return st != MOX_ERR_MISMATCH;
+    }
     int ag = o->coll[0] == 'a';
     uint64_t base = ag ? o->max_count : 10;
     uint64_t *counts = malloc(2 * (size_t)P * sizeof *counts),

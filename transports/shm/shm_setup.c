@@ -350,9 +350,12 @@ static mox_status_t init_state(setup_t *s)
     /* Slots start cache-line aligned whatever size was asked for. */
     tp->slot_bytes = round_up((uint64_t)c->cfg.shm_slot_bytes, SHM_CACHE_LINE);
     tp->cma_threshold = (uint64_t)c->cfg.shm_cma_threshold;
+    /* Room for MOX_SHM_SMALL bytes of data plus a block-sparse bitmap
+     * (1/64 of it: blocks of 8 bytes and more). */
     if (c->cfg.shm_small)
         tp->coll_slot_bytes = MOX_COLL_HDR_BYTES +
-                              round_up((uint64_t)c->cfg.shm_small,
+                              round_up((uint64_t)c->cfg.shm_small +
+                                           (uint64_t)c->cfg.shm_small / 64,
                                        SHM_CACHE_LINE);
     struct timespec ts;
     clock_gettime(CLOCK_MONOTONIC, &ts);
