@@ -83,6 +83,11 @@ typedef enum {
     X(moe_combine_wire, "MOX_MOE_COMBINE_WIRE", MOX_CFG_ENUM, "f32",           \
       "f32|bf16", 0, 0,                                                        \
       "MoE combine wire format when the handle's config says DEFAULT")         \
+    X(moe_chunk_bytes, "MOX_MOE_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 1,     \
+      (int64_t)1 << 40,                                                        \
+      "MoE dispatch: a message that crosses the network goes in chunks of "   \
+      "about this many bytes (at most 8), so that its forwarding inside "     \
+      "the destination node overlaps the transfer; same value on every rank") \
     X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",    \
       "auto|flat|hier|rhalving", 0, 0,                                         \
       "reduce-scatter algorithm: flat (direct, fixed rank order), hier (shm "  \

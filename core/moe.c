@@ -108,7 +108,9 @@ static void resolve(struct mox_moe *m, const mox_moe_config_t *g)
     m->notify_bytes = MOX_MOE_NOTIFY_FIXED + 8 * (size_t)m->E_local;
     int32_t f[] = {m->E, m->H, m->k, g->x_dtype, g->idx_dtype,
                    m->cfg.dispatch_wire, m->cfg.combine_wire, m->cfg.algo,
-                   m->cfg.expert_alignment};
+                   m->cfg.expert_alignment,
+                   (int32_t)(m->comm->cfg.moe_chunk_bytes >> 32),
+                   (int32_t)m->comm->cfg.moe_chunk_bytes};
     m->fingerprint = mox__fnv64(MOX_FNV64_INIT, f, sizeof f);
 }
 

@@ -7,11 +7,17 @@
  *    valid. It is also the agreement point: a bad expert id on any rank
  *    makes every rank fail the same way before any data moves, and the
  *    communicator stays usable.
- * 2. hop: each source sends every first hop one message with its records
- *    in token order (dedup: the rail peer of each remote node, the rank
- *    itself inside the node).
- * 3. forward (dedup): a rail peer sends each rank of its node the records
- *    from remote sources that rank needs, by source rank then token.
+ * 2. hop: each source sends every first hop its records in token order
+ *    (dedup: the rail peer of each remote node, the rank itself inside the
+ *    node). A message that crosses the network is cut into up to
+ *    HOP_CHUNKS_MAX chunks of about MOX_MOE_CHUNK_SIZE, by record count, so
+ *    that both ends know the cut from the count notify gave.
+ * 3. forward (dedup): as each chunk arrives, a rail peer sends each rank of
+ *    its node the records of that chunk the rank needs (one message per
+ *    chunk and rank, none when empty), sources in rank order and each
+ *    source's chunks in order, so forwarding overlaps the network. A rank
+ *    receives one forwarder's messages one after another into one area,
+ *    by source then token; notify told it how many rows each source has.
  * 4. unpack: rows in (source rank, token) order into the caller's buffers.
  */
 #include "core/dtype.h"
@@ -23,6 +29,9 @@
 
 enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3, STEP_HIDDEN = 4 };
 #define NOTIFY_MAGIC 0x4e584f4du /* "MOXN" */
+/* Network hop messages: chunks of about MOX_MOE_CHUNK_SIZE bytes, at most
+ * this many per message (so per-chunk requests are sized up front). */
+#define HOP_CHUNKS_MAX 8
 
 typedef struct {
     struct mox_moe *m;
@@ -36,7 +45,42 @@ typedef struct {
     char *hidden_in;             /* where split hidden blocks land: recv_x,
                                     or scratch when it cannot take them */
     size_t nt;
+    /* Forwarding, as hop chunks come in: the remote sources I serve in
+     * rank order, which one and which chunk is next, and how many forward
+     * sends are out. Per local rank, records so far in its region of
+     * fwdrec/fwdiov (room `fcap` each). */
+    int *srv, nsrv, fcur;
+    uint32_t fchunk;
+    size_t nfsend, fsend_max;
+    uint64_t *fcount, fcap;
+    int forwarded;               /* every served chunk forwarded */
+    int hops_in;                 /* every hop message arrived (traced) */
+    /* Receiving forwards: per local forwarder, the source whose rows come
+     * now (-1: none left), bytes of it so far, and where the next lands. */
+    int *rsrc;
+    uint64_t *rgot, *roff;
 } dispatch_t;
+
+static mox_status_t next_forward_recv(struct mox_req *req, dispatch_t *s,
+                                      int first);
+
+/* Chunks of a network hop message of n records (0 when empty). */
+static uint32_t hop_chunks(const struct mox_moe *m, uint64_t n)
+{
+    if (!n)
+        return 0;
+    uint64_t cb = (uint64_t)m->comm->cfg.moe_chunk_bytes;
+    uint64_t c = n * m->rec_bytes / cb + (n * m->rec_bytes % cb != 0);
+    if (c > HOP_CHUNKS_MAX)
+        c = HOP_CHUNKS_MAX;
+    return (uint32_t)(c < n ? c : n);
+}
+
+/* First record of chunk c of n records in nch chunks. */
+static uint64_t chunk_lo(uint64_t n, uint32_t nch, uint32_t c)
+{
+    return n * c / nch;
+}
 
 /*
  * Inside a node a source's message to a rank is split in two: the records'
@@ -330,22 +374,50 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
     uint64_t htag = mox__tag(req->seq, STEP_HOP);
     uint64_t ftag = mox__tag(req->seq, STEP_FWD);
     uint64_t xtag = mox__tag(req->seq, STEP_HIDDEN);
+    (void)ftag;
     for (int x = 0; x < m->P && st == MOX_OK; x++) {
         if (!m->hop_in[x])
             continue;
-        int split = split_with(m, x);
-        st = mox__irecv(c, x, htag, hin + m->hopin_off[x],
-                        m->hop_in[x] * (split ? m->meta_bytes : rb),
-                        &s->hrecv[x]);
-        if (st == MOX_OK && split)
-            st = mox__irecv(c, x, xtag, s->hidden_in + m->final_off[x] * hb,
-                            m->hop_in[x] * hb, &s->xrecv[x]);
+        if (split_with(m, x)) {
+            st = mox__irecv(c, x, htag, hin + m->hopin_off[x],
+                            m->hop_in[x] * m->meta_bytes,
+                            &s->hrecv[x * HOP_CHUNKS_MAX]);
+            if (st == MOX_OK)
+                st = mox__irecv(c, x, xtag,
+                                s->hidden_in + m->final_off[x] * hb,
+                                m->hop_in[x] * hb, &s->xrecv[x]);
+            continue;
+        }
+        uint64_t n = m->hop_in[x];
+        uint32_t nch = hop_chunks(m, n);
+        for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
+            uint64_t lo = chunk_lo(n, nch, k), hi = chunk_lo(n, nch, k + 1);
+            st = mox__irecv(c, x, htag, hin + m->hopin_off[x] + lo * rb,
+                            (hi - lo) * rb, &s->hrecv[x * HOP_CHUNKS_MAX + k]);
+        }
     }
-    for (int l = 0; l < s->L && st == MOX_OK; l++)
-        if (m->fwd_in[l])
-            st = mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l), ftag,
-                            fin + m->fwdin_off[l], m->fwd_in[l] * rb,
-                            &s->frecv[l]);
+    /* Forwarded rows: the first source of each forwarder (the next are
+     * posted as these arrive, see take_forwards). */
+    for (int l = 0; l < s->L; l++) {
+        s->rsrc[l] = -1;
+        s->rgot[l] = 0;
+        s->roff[l] = m->fwdin_off[l];
+    }
+    if (m->forward && st == MOX_OK)
+        st = next_forward_recv(req, s, 1);
+    /* Forwarding: room for every served record in every local rank's
+     * region (fwdrec items, fwdiov pieces, fwdout when packing). */
+    s->fcap = 0;
+    for (int i = 0; i < s->nsrv; i++)
+        s->fcap += m->hop_in[s->srv[i]];
+    if (s->nsrv &&
+        (!mox__buf_reserve(&m->fwdrec, (size_t)s->L * s->fcap * 8 + 8) ||
+         !mox__buf_reserve(&m->fwdiov, (size_t)s->L * s->fcap *
+                                           sizeof(mox__iov_t) + 8))) {
+        free(tmp);
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to forward "
+                         "%llu records", (unsigned long long)s->fcap);
+    }
     for (int i = 0; i < m->P && st == MOX_OK; i++) {
         int h = (c->rank + i) % m->P;
         uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
@@ -383,8 +455,12 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
         }
         for (uint64_t j = 0; j < n; j++)
             pack_record(m, m->hop.item[m->hop.off[h] + j], msg + j * rb, tmp);
-        if (n)
-            st = mox__isend(c, h, htag, msg, n * rb, &s->hsend[h]);
+        uint32_t nch = hop_chunks(m, n);
+        for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
+            uint64_t lo = chunk_lo(n, nch, k), hi = chunk_lo(n, nch, k + 1);
+            st = mox__isend(c, h, htag, msg + lo * rb, (hi - lo) * rb,
+                            &s->hsend[h * HOP_CHUNKS_MAX + k]);
+        }
     }
     free(tmp);
     return st;
@@ -398,75 +474,187 @@ static int served_remote(const struct mox_moe *m, int src)
            mox__moe_forwarder_for(m, src) == m->comm->rank;
 }
 
-/* Build, for every local rank, the records I forward to it (by source then
- * token), remember them for combine, and send them. */
-static mox_status_t post_forwards(struct mox_req *req, dispatch_t *s)
+/* Forward chunk k of source src's hop message: each local rank gets the
+ * records of it that it needs, as one gather send straight from hopin (or
+ * packed where the transport declines), appended to its region of
+ * fwdrec (kept for combine). */
+static mox_status_t forward_chunk(struct mox_req *req, dispatch_t *s, int src,
+                                  uint32_t k, uint32_t nch)
 {
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
     size_t rb = m->rec_bytes;
-    const char *hin = m->hopin.p;
-    uint64_t *off = m->fwd.off;
-    memset(off, 0, ((size_t)s->L + 1) * sizeof *off);
-    for (int src = 0; src < m->P; src++) {
-        if (!served_remote(m, src))
-            continue;
-        for (uint64_t j = 0; j < m->hop_in[src]; j++) {
-            const char *rec = hin + m->hopin_off[src] + j * rb;
-            for (int l = 0; l < s->L; l++)
-                off[l + 1] += rec_for(m, rec,
-                                      mox__topo_rank_at(&c->topo, c->node, l));
-        }
-    }
+    uint64_t n = m->hop_in[src];
+    uint64_t lo = chunk_lo(n, nch, k), hi = chunk_lo(n, nch, k + 1);
+    uint64_t *items = m->fwdrec.p;
+    mox__iov_t *iov = m->fwdiov.p;
+    const char *hin = (const char *)m->hopin.p + m->hopin_off[src];
+    uint64_t start[s->L];
     for (int l = 0; l < s->L; l++)
-        off[l + 1] += off[l];
-    uint64_t total = off[s->L];
-    uint64_t *items = mox__buf_reserve(&m->fwdrec, total * 8 + 8);
-    mox__iov_t *iov = mox__buf_reserve(&m->fwdiov,
-                                       total * sizeof(mox__iov_t) + 8);
-    uint64_t *fill = calloc((size_t)s->L, sizeof *fill);
-    if (!items || !iov || !fill) {
-        free(fill);
-        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to forward "
-                         "%llu records", (unsigned long long)total);
-    }
-    m->fwd_rec = items;
-    for (int src = 0; src < m->P; src++) {
-        if (!served_remote(m, src))
-            continue;
-        for (uint64_t j = 0; j < m->hop_in[src]; j++) {
-            const char *rec = hin + m->hopin_off[src] + j * rb;
-            for (int l = 0; l < s->L; l++) {
-                if (!rec_for(m, rec, mox__topo_rank_at(&c->topo, c->node, l)))
-                    continue;
-                uint64_t pos = off[l] + fill[l]++;
-                items[pos] = m->hopin_first[src] + j; /* record index */
-                iov[pos] = (mox__iov_t){rec, rb};
-            }
+        start[l] = s->fcount[l];
+    for (uint64_t j = lo; j < hi; j++) {
+        const char *rec = hin + j * rb;
+        for (int l = 0; l < s->L; l++) {
+            if (!rec_for(m, rec, mox__topo_rank_at(&c->topo, c->node, l)))
+                continue;
+            uint64_t pos = (uint64_t)l * s->fcap + s->fcount[l]++;
+            items[pos] = m->hopin_first[src] + j; /* record index */
+            iov[pos] = (mox__iov_t){rec, rb};
         }
     }
-    free(fill);
-    /* Each local rank's records go as one gather send straight from hopin;
-     * where the transport declines, they are packed first. */
     mox_status_t st = MOX_OK;
     uint64_t tag = mox__tag(req->seq, STEP_FWD);
     for (int l = 0; l < s->L && st == MOX_OK; l++) {
-        uint64_t n = off[l + 1] - off[l];
+        uint64_t cnt = s->fcount[l] - start[l];
+        uint64_t pos = (uint64_t)l * s->fcap + start[l];
         int d = mox__topo_rank_at(&c->topo, c->node, l);
-        if (l == s->me_local || !n)
+        if (l == s->me_local || !cnt)
             continue;
-        st = mox__isendv(c, d, tag, iov + off[l], n, n * rb, &s->fsend[l]);
+        if (s->nfsend >= s->fsend_max)
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe: more forward "
+                             "messages than planned (%zu)", s->fsend_max);
+        mox__treq_t *r = &s->fsend[s->nfsend++];
+        st = mox__isendv(c, d, tag, iov + pos, cnt, cnt * rb, r);
         if (st != MOX_ERR_UNSUPPORTED)
             continue;
-        char *fout = mox__buf_reserve(&m->fwdout, total * rb + 8);
+        char *fout = mox__buf_reserve(&m->fwdout,
+                                      (size_t)s->L * s->fcap * rb + 8);
         if (!fout)
             return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to "
-                             "forward %llu records", (unsigned long long)n);
-        for (uint64_t j = 0; j < n; j++)
-            memcpy(fout + (off[l] + j) * rb, iov[off[l] + j].base, rb);
-        st = mox__isend(c, d, tag, fout + off[l] * rb, n * rb, &s->fsend[l]);
+                             "forward %llu records", (unsigned long long)cnt);
+        for (uint64_t j = 0; j < cnt; j++)
+            memcpy(fout + (pos + j) * rb, iov[pos + j].base, rb);
+        st = mox__isend(c, d, tag, fout + pos * rb, cnt * rb, r);
     }
     return st;
+}
+
+/* Forward every hop chunk that is in, in order (sources by rank, chunks
+ * in order); when all are, lay the lists out for combine. */
+static mox_status_t forward_ready(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t rb = m->rec_bytes;
+    while (s->fcur < s->nsrv) {
+        int src = s->srv[s->fcur];
+        uint64_t n = m->hop_in[src];
+        uint32_t nch = hop_chunks(m, n);
+        if (s->fchunk >= nch) {
+            s->fcur++;
+            s->fchunk = 0;
+            continue;
+        }
+        mox__treq_t *r = &s->hrecv[src * HOP_CHUNKS_MAX + s->fchunk];
+        if (!r->done)
+            return MOX_OK;
+        mox_status_t st = mox__treq_check(c, r, "moe dispatch");
+        if (st != MOX_OK)
+            return st;
+        uint64_t want = (chunk_lo(n, nch, s->fchunk + 1) -
+                         chunk_lo(n, nch, s->fchunk)) * rb;
+        if (r->bytes != want)
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe: rank %d sent a hop "
+                             "chunk of %zu bytes, %llu expected", src,
+                             r->bytes, (unsigned long long)want);
+        st = forward_chunk(req, s, src, s->fchunk, nch);
+        if (st != MOX_OK)
+            return st;
+        s->fchunk++;
+    }
+    if (s->forwarded)
+        return MOX_OK;
+    /* Compact the regions into one list by local rank (each region moves
+     * down, never over a later one). */
+    uint64_t *items = m->fwdrec.p, *off = m->fwd.off;
+    off[0] = 0;
+    for (int l = 0; l < s->L; l++) {
+        if (s->fcount[l] && items)
+            memmove(items + off[l], items + (uint64_t)l * s->fcap,
+                    s->fcount[l] * sizeof *items);
+        off[l + 1] = off[l] + s->fcount[l];
+    }
+    m->fwd_rec = items;
+    s->forwarded = 1;
+    return MOX_OK;
+}
+
+/* The next source whose forwarded rows forwarder l sends me, after
+ * `after` (-1: the first), or -1. */
+static int next_source_of(const dispatch_t *s, int l, int after)
+{
+    const struct mox_moe *m = s->m;
+    const mox__comm_t *c = m->comm;
+    int fwd = mox__topo_rank_at(&c->topo, c->node, l);
+    for (int src = after + 1; src < m->P; src++)
+        if (is_remote(m, src) && m->final_in[src] &&
+            mox__moe_forwarder_for(m, src) == fwd)
+            return src;
+    return -1;
+}
+
+static mox_status_t post_forward_recv(struct mox_req *req, dispatch_t *s,
+                                      int l)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    uint64_t left = m->final_in[s->rsrc[l]] * m->rec_bytes - s->rgot[l];
+    return mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l),
+                      mox__tag(req->seq, STEP_FWD),
+                      (char *)m->fwdin.p + s->roff[l], left, &s->frecv[l]);
+}
+
+/* Start receiving forwards (first: every forwarder's first source), or
+ * take what arrived and post the next receive, one at a time per
+ * forwarder: its messages come in source order, each source's in
+ * chunks of whole records. */
+static mox_status_t next_forward_recv(struct mox_req *req, dispatch_t *s,
+                                      int first)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    mox_status_t st = MOX_OK;
+    if (first) {
+        for (int l = 0; l < s->L && st == MOX_OK; l++) {
+            if (l == s->me_local || !m->fwd_in[l])
+                continue;
+            s->rsrc[l] = next_source_of(s, l, -1);
+            if (s->rsrc[l] >= 0)
+                st = post_forward_recv(req, s, l);
+        }
+        return st;
+    }
+    for (int l = 0; l < s->L && st == MOX_OK; l++) {
+        mox__treq_t *r = &s->frecv[l];
+        if (s->rsrc[l] < 0 || !r->done)
+            continue;
+        st = mox__treq_check(c, r, "moe forward");
+        if (st != MOX_OK)
+            return st;
+        if (!r->bytes || r->bytes % m->rec_bytes)
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe: forwarder rank %d "
+                             "sent %zu bytes, not a positive number of "
+                             "%zu-byte records",
+                             mox__topo_rank_at(&c->topo, c->node, l),
+                             r->bytes, m->rec_bytes);
+        s->rgot[l] += r->bytes;
+        s->roff[l] += r->bytes;
+        if (s->rgot[l] == m->final_in[s->rsrc[l]] * m->rec_bytes) {
+            s->rsrc[l] = next_source_of(s, l, s->rsrc[l]);
+            s->rgot[l] = 0;
+        }
+        if (s->rsrc[l] >= 0)
+            st = post_forward_recv(req, s, l);
+    }
+    return st;
+}
+
+static int forwards_received(const dispatch_t *s)
+{
+    for (int l = 0; l < s->L; l++)
+        if (s->rsrc[l] >= 0)
+            return 0;
+    return 1;
 }
 
 /* ---- unpack ----------------------------------------------------------- */
@@ -621,17 +809,20 @@ static mox_status_t progress(struct mox_req *req)
             return st;
     }
     if (s->phase == 3) {
-        if (!mox__treqs_done(s->hrecv, (size_t)m->P))
+        if ((st = forward_ready(req, s)) != MOX_OK)
+            return st;
+        if (m->forward && (st = next_forward_recv(req, s, 0)) != MOX_OK)
+            return st;
+        if (!s->hops_in &&
+            mox__treqs_done(s->hrecv, (size_t)m->P * HOP_CHUNKS_MAX)) {
+            s->hops_in = 1;
+            MOX_TRACE("moe", "dispatch %llu: hop messages in after %.3f ms",
+                      (unsigned long long)req->seq,
+                      (double)(mox__now_ns() - req->start_ns) / 1e6);
+        }
+        if (!s->forwarded || !forwards_received(s))
             return MOX_IN_PROGRESS;
-        st = mox__treqs_check(m->comm, s->hrecv, (size_t)m->P, "moe dispatch");
-        if (st != MOX_OK)
-            return st;
         s->phase = 4;
-        MOX_TRACE("moe", "dispatch %llu: hop messages in after %.3f ms",
-                  (unsigned long long)req->seq,
-                  (double)(mox__now_ns() - req->start_ns) / 1e6);
-        if (m->forward && (st = post_forwards(req, s)) != MOX_OK)
-            return st;
     }
     if (!mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
@@ -679,8 +870,16 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     int L = c->local_size;
     if (peer_arrays(m, L) != MOX_OK)
         return MOX_ERR_NO_MEMORY;
-    size_t nt = 6 * (size_t)m->P + 2 * (size_t)L;
-    dispatch_t *s = calloc(1, sizeof *s + nt * sizeof(mox__treq_t));
+    /* Remote sources I forward for, by rank: at most HOP_CHUNKS_MAX
+     * forward messages to each other local rank for each. */
+    int nsrv = 0;
+    for (int src = 0; src < m->P; src++)
+        nsrv += served_remote(m, src);
+    size_t P = (size_t)m->P, fsend_max = (size_t)nsrv * HOP_CHUNKS_MAX * L;
+    size_t nt = 4 * P + 2 * P * HOP_CHUNKS_MAX + fsend_max + (size_t)L;
+    dispatch_t *s = calloc(1, sizeof *s + nt * sizeof(mox__treq_t) +
+                                  3 * (size_t)L * sizeof(uint64_t) +
+                                  (P + (size_t)L) * sizeof(int));
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     req->state = s;
@@ -692,13 +891,24 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     s->t = (mox__treq_t *)(s + 1);
     s->nt = nt;
     s->nsend = s->t;
-    s->nrecv = s->nsend + m->P;
-    s->hsend = s->nrecv + m->P;
-    s->hrecv = s->hsend + m->P;
-    s->xsend = s->hrecv + m->P;
-    s->xrecv = s->xsend + m->P;
-    s->fsend = s->xrecv + m->P;
-    s->frecv = s->fsend + L;
+    s->nrecv = s->nsend + P;
+    s->hsend = s->nrecv + P;
+    s->hrecv = s->hsend + P * HOP_CHUNKS_MAX;
+    s->xsend = s->hrecv + P * HOP_CHUNKS_MAX;
+    s->xrecv = s->xsend + P;
+    s->fsend = s->xrecv + P;
+    s->frecv = s->fsend + fsend_max;
+    s->fsend_max = fsend_max;
+    s->fcount = (uint64_t *)(s->t + nt);
+    s->rgot = s->fcount + L;
+    s->roff = s->rgot + L;
+    s->rsrc = (int *)(s->roff + L);
+    s->srv = s->rsrc + L;
+    for (int src = 0; src < m->P; src++)
+        if (served_remote(m, src))
+            s->srv[s->nsrv++] = src;
+    for (int l = 0; l < L; l++)
+        s->rsrc[l] = -1;
     req->treqs = s->t;
     req->ntreqs = nt;
     req->progress = progress;
