@@ -186,7 +186,7 @@ void mox_moe_destroy(mox_moe_t m)
                           &m->fwdout,    &m->fwdin,    &m->fwdrec,
                           &m->fwdiov,    &m->hidscratch, &m->notify,
                           &m->comb_send, &m->comb_recv, &m->comb_accum,
-                          &m->comb_part, &m->hopiov};
+                          &m->comb_part, &m->hopiov, &m->recfirst, &m->urow};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
         free(bufs[i]->p);
     free(m->hop_in); /* the per-peer arrays, one allocation */

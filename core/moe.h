@@ -91,6 +91,10 @@ struct mox_moe {
     mox__buf_t route_mem, hopout, hopin, fwdout, fwdin, fwdrec, fwdiov, hidscratch, notify,
         comb_send, comb_recv, comb_accum, comb_part;
     mox__buf_t hopiov; /* gather lists of split hidden blocks (mox__iov_t) */
+    mox__buf_t recfirst; /* [num_tokens] where a token's record was first
+                            packed in this dispatch (its other hops copy) */
+    mox__buf_t urow;     /* dispatch: [P] rows unpacked early per source,
+                            then an H-float decode row */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */
     uint64_t *fwdin_off;    /* [L+1] byte offsets of each forwarder */
@@ -115,6 +119,29 @@ static inline int64_t mox__moe_expert(const struct mox_moe *m,
 
 /* The rank on my node that forwards source s's tokens to me (dedup). */
 int mox__moe_forwarder_for(const struct mox_moe *m, int s);
+
+/* Messages that cross the network (dispatch hops, combine rows back) and
+ * the partial rows a forwarder sums go in chunks: n items of item_bytes in
+ * about MOX_MOE_CHUNK_SIZE bytes each, at most MOX_MOE_CHUNKS_MAX, none
+ * empty (0 chunks when n is 0). Both ends compute the cut from n, which
+ * both know. Chunk c holds items [lo(c), lo(c + 1)). */
+#define MOX_MOE_CHUNKS_MAX 8
+static inline uint32_t mox__moe_chunks(const struct mox_moe *m, uint64_t n,
+                                       size_t item_bytes)
+{
+    if (!n)
+        return 0;
+    uint64_t cb = (uint64_t)m->comm->cfg.moe_chunk_bytes, b = n * item_bytes;
+    uint64_t c = b / cb + (b % cb != 0);
+    if (c > MOX_MOE_CHUNKS_MAX)
+        c = MOX_MOE_CHUNKS_MAX;
+    return (uint32_t)(c < n ? c : n);
+}
+static inline uint64_t mox__moe_chunk_lo(uint64_t n, uint32_t nch,
+                                         uint32_t c)
+{
+    return n * c / nch;
+}
 
 /* Start the state machines (core/algorithms/moe_*.c). notify_only stops
  * after the count exchange. */

@@ -8,6 +8,12 @@
  * record, and sends one row per record back over the network. The source
  * sums what comes back in rank order and writes x_dtype rows in token order.
  * Fixed orders make the result bitwise reproducible.
+ *
+ * Pipelined like dispatch (core/moe.h, mox__moe_chunks): a rank sends a
+ * forwarder the partial rows of each source in chunks; the forwarder sums
+ * record by record as soon as every row of a record is in, and sends the
+ * rows back in the chunks of the dispatch hop, each as soon as it is
+ * summed, so summing overlaps both the shm phase and the network.
  */
 #include "core/dtype.h"
 #include "core/moe.h"
@@ -28,13 +34,24 @@ typedef struct {
     uint64_t *send_off, *recv_off;  /* [P] into send/recv areas (BACK) */
     uint64_t *part_off;             /* [L] into recv area (partials in) */
     char *send, *recv;
-    float *fwd_accum;               /* [hopin records][H] (forwarder) */
-    mox__iov_t *iov;                /* [P] pieces of gather sends */
-    size_t niov;
     mox__treq_t *t;
-    mox__treq_t *psend, *precv, *bsend, *brecv;
-    size_t nt;
+    mox__treq_t *psend, *precv, *bsend, *brecv; /* bsend, brecv: [P][CMAX] */
+    size_t nt, npsend;
+    /* Forwarder: local rank l's partial rows come as messages
+     * precv[l * pmax + j] of prow[same] rows, in order; pdone[l] of them
+     * are in (a prefix), parrived[l] rows. */
+    size_t pmax;
+    uint64_t *prow, *pn, *pdone, *parrived;
+    /* Forwarder summing, resumed as rows arrive: source sx, its record sr,
+     * chunk sc; cur/end per local rank into fwd_rec; (ox, ok) my own rows. */
+    int sx, ox, summed;
+    uint64_t sr, ok;
+    uint32_t sc;
+    uint64_t *cur, *end;
+    float *acc;
 } combine_t;
+
+#define CMAX MOX_MOE_CHUNKS_MAX
 
 static int remote(const struct mox_moe *m, int r)
 {
@@ -122,29 +139,71 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
     s->send = mox__buf_reserve(&m->comb_send, send_rows * rb + 8);
     s->recv = mox__buf_reserve(&m->comb_recv, recv_rows * rb + 8);
     float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
-    if (!s->send || !s->recv || !tmp) {
+    size_t L = (size_t)s->L;
+    uint64_t *cur = mox__buf_reserve(&m->comb_accum,
+                                     2 * L * sizeof(uint64_t) +
+                                         (size_t)m->H * sizeof(float) + 8);
+    if (!s->send || !s->recv || !tmp || !cur) {
         free(tmp);
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory for "
                          "%llu + %llu rows", (unsigned long long)send_rows,
                          (unsigned long long)recv_rows);
     }
+    s->cur = cur;
+    s->end = cur + L;
+    s->acc = (float *)(void *)(s->end + L);
+    for (size_t l = 0; l < L && m->forward; l++) {
+        s->cur[l] = m->fwd.off[l];
+        s->end[l] = m->fwd.off[l + 1];
+    }
     mox_status_t st = MOX_OK;
     uint64_t btag = mox__tag(req->seq, STEP_BACK);
     uint64_t ptag = mox__tag(req->seq, STEP_PART);
+    /* Rows back: from my rail peers on other nodes (dedup) in the chunks
+     * of the hop I sent them, else in one message. */
     for (int x = 0; x < m->P && st == MOX_OK; x++) {
         const mox__csr_t *bl = back_list(m, x);
         uint64_t n = bl->off[x + 1] - bl->off[x];
-        if (n)
-            st = mox__irecv(c, x, btag, s->recv + s->recv_off[x] * rb, n * rb,
-                            &s->brecv[x]);
+        char *at = s->recv + s->recv_off[x] * rb;
+        uint32_t nch = bl == &m->hop ? mox__moe_chunks(m, n, m->rec_bytes)
+                                     : (n != 0);
+        for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
+            uint64_t lo = mox__moe_chunk_lo(n, nch, k);
+            uint64_t hi = mox__moe_chunk_lo(n, nch, k + 1);
+            st = mox__irecv(c, x, btag, at + lo * rb, (hi - lo) * rb,
+                            &s->brecv[(size_t)x * CMAX + k]);
+        }
     }
+    /* Partial rows from each local rank I forwarded to: for each source I
+     * serve, as many rows as records of it I forwarded to that rank, in
+     * chunks (the rank cuts them the same way from the same count). */
     for (int l = 0; l < s->L && st == MOX_OK; l++) {
-        uint64_t n = m->forward && l != c->local_rank
-                         ? m->fwd.off[l + 1] - m->fwd.off[l] : 0;
-        if (n)
-            st = mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l), ptag,
-                            s->recv + s->part_off[l] * rb, n * rb,
-                            &s->precv[l]);
+        if (!m->forward || l == c->local_rank)
+            continue;
+        uint64_t at = s->part_off[l], i = m->fwd.off[l];
+        for (int x = 0; x < m->P && st == MOX_OK; x++) {
+            if (!served_remote(m, x))
+                continue;
+            uint64_t f = 0;
+            while (i + f < m->fwd.off[l + 1] &&
+                   m->fwd_rec[i + f] < m->hopin_first[x + 1])
+                f++;
+            i += f;
+            uint32_t nch = mox__moe_chunks(m, f, rb);
+            for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
+                uint64_t rows = mox__moe_chunk_lo(f, nch, k + 1) -
+                                mox__moe_chunk_lo(f, nch, k);
+                size_t j = (size_t)l * s->pmax + s->pn[l]++;
+                if (s->pn[l] > s->pmax)
+                    return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: "
+                                     "more partial messages than planned");
+                s->prow[j] = rows;
+                st = mox__irecv(c, mox__topo_rank_at(&c->topo, c->node, l),
+                                ptag, s->recv + at * rb, rows * rb,
+                                &s->precv[j]);
+                at += rows;
+            }
+        }
     }
     /* Direct rows back to their sources. */
     for (int i = 0; i < m->P && st == MOX_OK; i++) {
@@ -161,114 +220,146 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
         }
         /* Rows of one source are contiguous in expert_out: sent in place
          * when the wire format is x's own. */
-        st = mox__isend(c, x, btag, rows, n * rb, &s->bsend[x]);
+        st = mox__isend(c, x, btag, rows, n * rb,
+                        &s->bsend[(size_t)x * CMAX]);
     }
-    /* Partial rows to each rail peer of my node that forwarded to me: rows
-     * of the remote sources it serves, in source order. */
+    /* Partial rows to the rail peer that forwarded each remote source's
+     * tokens to me, source by source, in chunks: straight from expert_out
+     * (a source's rows are contiguous there) in x's own format, else
+     * converted into the send area first. */
     uint64_t pos = part_send_base;
-    for (int l = 0; l < s->L && st == MOX_OK; l++) {
-        int h = mox__topo_rank_at(&c->topo, c->node, l);
-        if (!m->fwd_in[l])
+    for (int x = 0; x < m->P && st == MOX_OK; x++) {
+        uint64_t f = m->final_in[x];
+        if (!m->forward || !remote(m, x) || !f)
             continue;
-        /* The rows of each served source are contiguous in expert_out:
-         * in x's own format they go as one gather send, without packing. */
-        size_t nv = 0;
-        for (int x = 0; x < m->P; x++)
-            if (m->forward && remote(m, x) &&
-                mox__moe_forwarder_for(m, x) == h && m->final_in[x])
-                s->iov[s->niov + nv++] = (mox__iov_t){
-                    s->expert_out + m->final_off[x] * (size_t)m->H * m->x_elem,
-                    m->final_in[x] * rb};
-        st = same_format(m) ? mox__isendv(c, h, ptag, s->iov + s->niov, nv,
-                                          m->fwd_in[l] * rb, &s->psend[l])
-                            : MOX_ERR_UNSUPPORTED;
-        s->niov += nv;
-        if (st != MOX_ERR_UNSUPPORTED)
+        int h = mox__moe_forwarder_for(m, x);
+        if (h == c->rank)
             continue;
-        char *start = s->send + pos * rb;
-        for (size_t v = 0; v < nv; v++) {
-            const mox__iov_t *piece = &s->iov[s->niov - nv + v];
-            to_wire(m, piece->base, s->send + pos * rb, piece->len / rb, tmp);
-            pos += piece->len / rb;
+        const char *rows = s->expert_out +
+                           m->final_off[x] * (size_t)m->H * m->x_elem;
+        if (!same_format(m)) {
+            to_wire(m, rows, s->send + pos * rb, f, tmp);
+            rows = s->send + pos * rb;
+            pos += f;
         }
-        st = mox__isend(c, h, ptag, start, m->fwd_in[l] * rb, &s->psend[l]);
+        uint32_t nch = mox__moe_chunks(m, f, rb);
+        for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
+            uint64_t lo = mox__moe_chunk_lo(f, nch, k);
+            uint64_t hi = mox__moe_chunk_lo(f, nch, k + 1);
+            st = mox__isend(c, h, ptag, rows + lo * rb, (hi - lo) * rb,
+                            &s->psend[s->npsend++]);
+        }
     }
     free(tmp);
     return st;
 }
 
+/* Partial-row messages that arrived, as a prefix per local rank. */
+static mox_status_t take_partials(combine_t *s)
+{
+    mox__comm_t *c = s->m->comm;
+    for (int l = 0; l < s->L; l++)
+        while (s->pdone[l] < s->pn[l]) {
+            size_t j = (size_t)l * s->pmax + s->pdone[l];
+            const mox__treq_t *r = &s->precv[j];
+            if (!r->done)
+                break;
+            mox_status_t st = mox__treq_check(c, r, "moe combine");
+            if (st == MOX_OK && r->bytes != s->prow[j] * s->row_bytes)
+                st = mox__fail(c, MOX_ERR_PROTOCOL, "moe combine: rank %d "
+                               "sent %zu bytes of partial rows, %llu "
+                               "expected", r->peer, r->bytes,
+                               (unsigned long long)(s->prow[j] *
+                                                    s->row_bytes));
+            if (st != MOX_OK)
+                return st;
+            s->parrived[l] += s->prow[j];
+            s->pdone[l]++;
+        }
+    return MOX_OK;
+}
+
 /*
- * Forwarder: partial rows of every local rank are here; sum them per
- * record in local-rank order and send one row per record back. Record by
- * record, as the source does with its tokens: each local rank's rows are
- * in record order, so a cursor per rank finds a record's rows, which are
- * summed into one cache-resident f32 row and written to the send area
- * once; each source's rows go as soon as they are summed.
+ * Forwarder: sum, per record in local-rank order, the partial rows of
+ * every local rank and send one row per record back, chunk by chunk as
+ * the chunks of the dispatch hop. Record by record, as the source does
+ * with its tokens: each local rank's rows are in record order, so a
+ * cursor per rank finds a record's rows, which are summed into one
+ * cache-resident f32 row and written to the send area once. A record
+ * waits until every one of its rows has arrived; the next call goes on
+ * from there.
  */
-static mox_status_t post_sums(struct mox_req *req, combine_t *s)
+static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
 {
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
     size_t H = (size_t)m->H, rb = s->row_bytes, L = (size_t)s->L;
     size_t me = (size_t)c->local_rank;
-    uint64_t *cur = mox__buf_reserve(&m->comb_accum, 2 * L * sizeof(uint64_t) +
-                                                         H * sizeof(float) + 8);
-    if (!cur)
-        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory to "
-                         "sum records");
-    uint64_t *end = cur + L;
-    float *acc = (float *)(void *)(end + L);
-    for (size_t l = 0; l < L; l++) {
-        cur[l] = m->fwd.off[l];
-        end[l] = m->fwd.off[l + 1];
-    }
-    /* My own rows come straight from expert_out: the served sources' rows,
-     * in source then token order, as my list; (ox, ok) walks them. */
-    int ox = 0;
-    uint64_t ok = 0;
-    mox_status_t st = MOX_OK;
+    float *acc = s->acc;
+    mox_status_t st = take_partials(s);
     uint64_t btag = mox__tag(req->seq, STEP_BACK);
-    for (int x = 0; x < m->P && st == MOX_OK; x++) {
+    for (; s->sx < m->P && st == MOX_OK; s->sx++, s->sr = 0, s->sc = 0) {
+        int x = s->sx;
         if (!served_remote(m, x) || !m->hop_in[x])
             continue;
+        uint64_t n = m->hop_in[x];
+        uint32_t nch = mox__moe_chunks(m, n, m->rec_bytes);
         char *dst = s->send + s->send_off[x] * rb;
-        for (uint64_t r = m->hopin_first[x]; r < m->hopin_first[x + 1]; r++) {
+        for (; s->sr < n; s->sr++) {
+            uint64_t r = m->hopin_first[x] + s->sr;
+            for (size_t l = 0; l < L; l++)
+                if (l != me && s->cur[l] < s->end[l] &&
+                    m->fwd_rec[s->cur[l]] == r &&
+                    s->cur[l] - m->fwd.off[l] >= s->parrived[l])
+                    return MOX_OK; /* a row of r is not here yet */
             memset(acc, 0, H * sizeof(float));
             for (size_t l = 0; l < L; l++) {
-                if (cur[l] >= end[l] || m->fwd_rec[cur[l]] != r)
+                if (s->cur[l] >= s->end[l] || m->fwd_rec[s->cur[l]] != r)
                     continue;
                 if (l != me) {
-                    accumulate(m, s->recv + (s->part_off[l] + cur[l]++ -
+                    accumulate(m, s->recv + (s->part_off[l] + s->cur[l]++ -
                                              m->fwd.off[l]) * rb, acc);
                     continue;
                 }
-                while (ox < m->P &&
-                       (!served_remote(m, ox) || ok >= m->final_in[ox])) {
-                    ox++;
-                    ok = 0;
+                while (s->ox < m->P && (!served_remote(m, s->ox) ||
+                                        s->ok >= m->final_in[s->ox])) {
+                    s->ox++;
+                    s->ok = 0;
                 }
-                if (ox == m->P)
+                if (s->ox == m->P)
                     return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: more "
                                      "own rows listed than received");
                 mox__accumulate_f32(m->cfg.x_dtype,
-                                    s->expert_out + (m->final_off[ox] + ok++) *
-                                                        H * m->x_elem,
+                                    s->expert_out +
+                                        (m->final_off[s->ox] + s->ok++) * H *
+                                            m->x_elem,
                                     acc, H);
-                cur[l]++;
+                s->cur[l]++;
             }
-            char *row = dst + (r - m->hopin_first[x]) * rb;
+            char *row = dst + s->sr * rb;
             if (m->comb_elem == 4)
                 memcpy(row, acc, H * sizeof(float));
             else
                 mox__from_f32(MOX_DTYPE_BF16, acc, row, H);
+            uint64_t lo = mox__moe_chunk_lo(n, nch, s->sc);
+            if (s->sr + 1 == mox__moe_chunk_lo(n, nch, s->sc + 1)) {
+                st = mox__isend(c, x, btag, dst + lo * rb,
+                                (s->sr + 1 - lo) * rb,
+                                &s->bsend[(size_t)x * CMAX + s->sc]);
+                s->sc++;
+                if (st != MOX_OK)
+                    return st;
+            }
         }
-        st = mox__isend(c, x, btag, dst, m->hop_in[x] * rb, &s->bsend[x]);
     }
-    for (size_t l = 0; l < L && st == MOX_OK; l++)
-        if (cur[l] != end[l])
-            st = mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: local rank "
-                           "%zu's rows are not in record order", l);
-    return st;
+    if (st != MOX_OK)
+        return st;
+    for (size_t l = 0; l < L; l++)
+        if (s->cur[l] != s->end[l])
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: local rank "
+                             "%zu's rows are not in record order", l);
+    s->summed = 1;
+    return MOX_OK;
 }
 
 /*
@@ -334,16 +425,11 @@ static mox_status_t progress(struct mox_req *req)
     if (st != MOX_OK)
         return st;
     if (s->phase == 1) {
-        if (!mox__treqs_done(s->precv, (size_t)s->L))
+        if ((st = sum_ready(req, s)) != MOX_OK)
+            return st;
+        if (!s->summed)
             return MOX_IN_PROGRESS;
-        if ((st = check_all(m->comm, s->precv, (size_t)s->L)) != MOX_OK)
-            return st;
         s->phase = 2;
-        MOX_TRACE("moe", "combine %llu: partial rows in after %.3f ms",
-                  (unsigned long long)req->seq,
-                  (double)(mox__now_ns() - req->start_ns) / 1e6);
-        if ((st = post_sums(req, s)) != MOX_OK)
-            return st;
         MOX_TRACE("moe", "combine %llu: sums sent after %.3f ms",
                   (unsigned long long)req->seq,
                   (double)(mox__now_ns() - req->start_ns) / 1e6);
@@ -363,10 +449,17 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
 {
     mox__comm_t *c = m->comm;
     int L = c->local_size;
-    size_t nt = 2 * (size_t)m->P + 2 * (size_t)L;
+    size_t P = (size_t)m->P;
+    /* Partial-row messages from one local rank: at most CMAX per source I
+     * serve. */
+    size_t nsrv = 0;
+    for (int x = 0; x < m->P; x++)
+        nsrv += (size_t)served_remote(m, x);
+    size_t pmax = nsrv * CMAX;
+    size_t nt = 3 * P * CMAX + (size_t)L * pmax;
     size_t bytes = sizeof(combine_t) + nt * sizeof(mox__treq_t) +
-                   (2 * (size_t)m->P + (size_t)L) * sizeof(uint64_t) +
-                   (size_t)m->P * sizeof(mox__iov_t);
+                   (2 * P + (size_t)L) * sizeof(uint64_t) +
+                   ((size_t)L * pmax + 3 * (size_t)L) * sizeof(uint64_t);
     combine_t *s = calloc(1, bytes);
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory");
@@ -379,13 +472,17 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     s->t = (mox__treq_t *)(s + 1);
     s->nt = nt;
     s->psend = s->t;
-    s->precv = s->psend + L;
-    s->bsend = s->precv + L;
-    s->brecv = s->bsend + m->P;
+    s->bsend = s->psend + P * CMAX;
+    s->brecv = s->bsend + P * CMAX;
+    s->precv = s->brecv + P * CMAX;
+    s->pmax = pmax;
     s->send_off = (uint64_t *)(s->t + nt);
-    s->recv_off = s->send_off + m->P;
-    s->part_off = s->recv_off + m->P;
-    s->iov = (mox__iov_t *)(s->part_off + L);
+    s->recv_off = s->send_off + P;
+    s->part_off = s->recv_off + P;
+    s->prow = s->part_off + L;
+    s->pn = s->prow + (size_t)L * pmax;
+    s->pdone = s->pn + L;
+    s->parrived = s->pdone + L;
     req->treqs = s->t;
     req->ntreqs = nt;
     req->progress = progress;

@@ -29,9 +29,7 @@
 
 enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3, STEP_HIDDEN = 4 };
 #define NOTIFY_MAGIC 0x4e584f4du /* "MOXN" */
-/* Network hop messages: chunks of about MOX_MOE_CHUNK_SIZE bytes, at most
- * this many per message (so per-chunk requests are sized up front). */
-#define HOP_CHUNKS_MAX 8
+#define HOP_CHUNKS_MAX MOX_MOE_CHUNKS_MAX
 
 typedef struct {
     struct mox_moe *m;
@@ -59,27 +57,29 @@ typedef struct {
      * now (-1: none left), bytes of it so far, and where the next lands. */
     int *rsrc;
     uint64_t *rgot, *roff;
+    /* Rows written as their records arrive (forwarded ones, and those a
+     * forwarder keeps), while the network still works, when the output
+     * can take them all; urow[src] counts a forwarder's own. */
+    int early;
+    uint64_t *urow;
+    float *utmp;
 } dispatch_t;
 
 static mox_status_t next_forward_recv(struct mox_req *req, dispatch_t *s,
                                       int first);
+static void write_row(const struct mox_moe *m, mox_moe_output_t *o,
+                      uint64_t row, int src, const char *rec, int hidden,
+                      float *tmp);
 
 /* Chunks of a network hop message of n records (0 when empty). */
 static uint32_t hop_chunks(const struct mox_moe *m, uint64_t n)
 {
-    if (!n)
-        return 0;
-    uint64_t cb = (uint64_t)m->comm->cfg.moe_chunk_bytes;
-    uint64_t c = n * m->rec_bytes / cb + (n * m->rec_bytes % cb != 0);
-    if (c > HOP_CHUNKS_MAX)
-        c = HOP_CHUNKS_MAX;
-    return (uint32_t)(c < n ? c : n);
+    return mox__moe_chunks(m, n, m->rec_bytes);
 }
 
-/* First record of chunk c of n records in nch chunks. */
 static uint64_t chunk_lo(uint64_t n, uint32_t nch, uint32_t c)
 {
-    return n * c / nch;
+    return mox__moe_chunk_lo(n, nch, c);
 }
 
 /*
@@ -353,6 +353,13 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
                            m->num_recv <= s->out->capacity
                        ? s->out->recv_x
                        : mox__buf_reserve(&m->hidscratch, m->num_recv * hb + 8);
+    s->early = s->out && m->num_recv <= s->out->capacity;
+    s->urow = mox__buf_reserve(&m->urow, (size_t)m->P * sizeof(uint64_t) +
+                                             (size_t)m->H * sizeof(float) + 8);
+    if (!s->urow)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
+    memset(s->urow, 0, (size_t)m->P * sizeof(uint64_t));
+    s->utmp = (float *)(void *)(s->urow + m->P);
     uint64_t fwd_total = 0;
     for (int l = 0; l < s->L; l++) {
         m->fwdin_off[l] = fwd_total * rb;
@@ -370,6 +377,12 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
                          "%llu records", (unsigned long long)in_total,
                          (unsigned long long)out_total);
     }
+    /* Where each token's record was first packed (NULL: not yet). */
+    const char **first = mox__buf_reserve(&m->recfirst,
+                                          (size_t)m->num_tokens *
+                                                  sizeof *first + 8);
+    if (first)
+        memset(first, 0, (size_t)m->num_tokens * sizeof *first);
     mox_status_t st = MOX_OK;
     uint64_t htag = mox__tag(req->seq, STEP_HOP);
     uint64_t ftag = mox__tag(req->seq, STEP_FWD);
@@ -453,11 +466,22 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
             }
             continue;
         }
-        for (uint64_t j = 0; j < n; j++)
-            pack_record(m, m->hop.item[m->hop.off[h] + j], msg + j * rb, tmp);
+        /* Chunk by chunk, each sent as soon as it is packed, so the link
+         * starts after one chunk; a token going to several nodes is
+         * encoded once, its later records copied from the first. */
         uint32_t nch = hop_chunks(m, n);
         for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
             uint64_t lo = chunk_lo(n, nch, k), hi = chunk_lo(n, nch, k + 1);
+            for (uint64_t j = lo; j < hi; j++) {
+                int64_t t = m->hop.item[m->hop.off[h] + j];
+                char *rec = msg + j * rb;
+                if (first && first[t])
+                    memcpy(rec, first[t], rb);
+                else
+                    pack_record(m, t, rec, tmp);
+                if (first && !first[t])
+                    first[t] = rec;
+            }
             st = mox__isend(c, h, htag, msg + lo * rb, (hi - lo) * rb,
                             &s->hsend[h * HOP_CHUNKS_MAX + k]);
         }
@@ -497,6 +521,12 @@ static mox_status_t forward_chunk(struct mox_req *req, dispatch_t *s, int src,
         for (int l = 0; l < s->L; l++) {
             if (!rec_for(m, rec, mox__topo_rank_at(&c->topo, c->node, l)))
                 continue;
+            if (l == s->me_local && s->early) {
+                if (s->urow[src] < m->final_in[src])
+                    write_row(m, s->out, m->final_off[src] + s->urow[src],
+                              src, rec, 1, s->utmp);
+                s->urow[src]++; /* more than announced: an error later */
+            }
             uint64_t pos = (uint64_t)l * s->fcap + s->fcount[l]++;
             items[pos] = m->hopin_first[src] + j; /* record index */
             iov[pos] = (mox__iov_t){rec, rb};
@@ -637,6 +667,13 @@ static mox_status_t next_forward_recv(struct mox_req *req, dispatch_t *s,
                              "%zu-byte records",
                              mox__topo_rank_at(&c->topo, c->node, l),
                              r->bytes, m->rec_bytes);
+        if (s->early) {
+            const char *rec = (const char *)m->fwdin.p + s->roff[l];
+            uint64_t row = m->final_off[s->rsrc[l]] + s->rgot[l] / m->rec_bytes;
+            for (uint64_t j = 0; j < r->bytes / m->rec_bytes; j++)
+                write_row(m, s->out, row + j, s->rsrc[l],
+                          rec + j * m->rec_bytes, 1, s->utmp);
+        }
         s->rgot[l] += r->bytes;
         s->roff[l] += r->bytes;
         if (s->rgot[l] == m->final_in[s->rsrc[l]] * m->rec_bytes) {
@@ -761,6 +798,16 @@ static mox_status_t unpack(dispatch_t *s)
         size_t stride;
         const char *p = source_records(m, s, src, &n, &filter, &stride,
                                        cursor);
+        /* Written as they arrived: forwarded rows (all of them arrived, or
+         * the receives would not be done) and a forwarder's own. */
+        if (s->early && m->forward && is_remote(m, src)) {
+            if (served_remote(m, src) && s->urow[src] != m->final_in[src])
+                st = mox__fail(c, MOX_ERR_PROTOCOL, "moe: rank %d announced "
+                               "%llu rows for rank %d, %llu arrived", src,
+                               (unsigned long long)m->final_in[src], c->rank,
+                               (unsigned long long)s->urow[src]);
+            continue;
+        }
         /* Split messages put their hidden block in place already. */
         int in_place = split_with(m, src);
         for (uint64_t j = 0; j < n && got <= m->final_in[src]; j++) {
