@@ -64,6 +64,7 @@ struct mox_comm {
         void *buf[MOX_SCRATCH_SLOTS];
         size_t cap[MOX_SCRATCH_SLOTS];
     } scratch;
+    uint32_t moe_created;   /* MoE handles created (collectively) */
     int failed;             /* a fatal error happened; only destroy is useful */
     mox_stats_t stats;
     struct mox_req *active; /* requests not yet finished, for progress */
@@ -111,6 +112,9 @@ mox_status_t mox__fail(mox__comm_t *c, mox_status_t st, const char *fmt, ...)
     __attribute__((format(printf, 3, 4)));
 
 /* Send/receive through the transport that reaches `peer`; counts bytes. */
+/* Count `bytes` written straight into a local peer's shared memory (no
+ * message) as one intra-node send. */
+void mox__count_put(mox__comm_t *c, size_t bytes);
 mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
                         const void *buf, size_t bytes, mox__treq_t *r);
 mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,

@@ -5,8 +5,14 @@
 #include "dtype.h"
 #include "log.h"
 
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 void *mox__buf_reserve(mox__buf_t *b, size_t bytes)
 {
@@ -168,6 +174,7 @@ mox_status_t mox_moe_create(mox_comm_t c, const mox_moe_config_t *g,
     if (!m)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     m->comm = c;
+    m->id = c->moe_created++;
     resolve(m, g);
     st = agree(m);
     if (st != MOX_OK) {
@@ -178,10 +185,133 @@ mox_status_t mox_moe_create(mox_comm_t c, const mox_moe_config_t *g,
     return MOX_OK;
 }
 
+/* ---- shared receive buffers ------------------------------------------- */
+
+static void rbuf_name(const struct mox_moe *m, int rank, uint64_t gen,
+                      char *name, size_t len)
+{
+    char job[sizeof m->comm->job_id];
+    size_t i = 0;
+    for (; m->comm->job_id[i] && i < sizeof job - 1; i++) {
+        char ch = m->comm->job_id[i];
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') ||
+                 (ch >= '0' && ch <= '9') || ch == '-' || ch == '_';
+        job[i] = ok ? ch : '_';
+    }
+    job[i] = '\0';
+    snprintf(name, len, "/mox-%s-m%u-%d-%llu", job, m->id, rank,
+             (unsigned long long)gen);
+}
+
+static void rbuf_drop(struct mox_moe *m, mox__shmbuf_t *b, int owner_rank)
+{
+    if (b->p)
+        munmap(b->p, b->bytes);
+    if (b->p && owner_rank >= 0) {
+        char name[160];
+        rbuf_name(m, owner_rank, b->gen, name, sizeof name);
+        shm_unlink(name);
+    }
+    b->p = NULL;
+    b->bytes = 0;
+}
+
+mox_status_t mox_moe_recv_buffer(mox_moe_t m, uint64_t rows, void **recv_x)
+{
+    if (!m)
+        return MOX_ERR_INVALID_ARG;
+    mox__comm_t *c = m->comm;
+    if (!recv_x)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe_recv_buffer: recv_x "
+                         "pointer is NULL");
+    size_t row = (size_t)m->H * m->x_elem;
+    if (!rows || rows > (SIZE_MAX / 2) / row)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "moe_recv_buffer: %llu rows "
+                         "of %zu bytes", (unsigned long long)rows, row);
+    size_t bytes = (size_t)rows * row;
+    if (m->rbuf.p && bytes <= m->rbuf.bytes) {
+        *recv_x = m->rbuf.p;
+        return MOX_OK;
+    }
+    /* Whole pages, and growth by half again, as mox__buf_reserve. */
+    if (m->rbuf.p)
+        bytes += bytes / 2;
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    rbuf_drop(m, &m->rbuf, c->rank);
+    uint64_t gen = m->rbuf.gen + 1;
+    char name[160];
+    rbuf_name(m, c->rank, gen, name, sizeof name);
+    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 && errno == EEXIST) { /* a crashed run's leftover */
+        shm_unlink(name);
+        fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    }
+    if (fd < 0)
+        return mox__fail(c, MOX_ERR_SYSTEM, "moe_recv_buffer: shm_open(%s): "
+                         "%s", name, strerror(errno));
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)bytes) == 0)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        shm_unlink(name);
+        return mox__fail(c, MOX_ERR_SYSTEM, "moe_recv_buffer: %zu bytes of "
+                         "shared memory (%s): %s", bytes, name, strerror(err));
+    }
+    m->rbuf = (mox__shmbuf_t){p, bytes, gen};
+    *recv_x = p;
+    MOX_DEBUG("moe", "receive buffer %s: %zu bytes", name, bytes);
+    return MOX_OK;
+}
+
+mox_status_t mox__moe_map_peer_rbuf(struct mox_moe *m, int rank,
+                                    uint64_t gen, size_t bytes, char **base)
+{
+    mox__comm_t *c = m->comm;
+    int l = c->topo.local_of[rank];
+    if (!m->peer_rbuf) {
+        m->peer_rbuf = calloc((size_t)c->local_size, sizeof *m->peer_rbuf);
+        if (!m->peer_rbuf)
+            return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
+    }
+    mox__shmbuf_t *b = &m->peer_rbuf[l];
+    if (b->p && b->gen == gen && b->bytes == bytes) {
+        *base = b->p;
+        return MOX_OK;
+    }
+    rbuf_drop(m, b, -1);
+    char name[160];
+    rbuf_name(m, rank, gen, name, sizeof name);
+    int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0)
+        return mox__fail(c, MOX_ERR_SYSTEM, "moe: rank %d's receive buffer "
+                         "%s: %s", rank, name, strerror(errno));
+    struct stat st;
+    void *p = MAP_FAILED;
+    if (fstat(fd, &st) == 0 && (size_t)st.st_size >= bytes)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    else
+        errno = EINVAL;
+    int err = errno;
+    close(fd);
+    if (p == MAP_FAILED)
+        return mox__fail(c, MOX_ERR_SYSTEM, "moe: mapping rank %d's receive "
+                         "buffer %s (%zu bytes): %s", rank, name, bytes,
+                         strerror(err));
+    *b = (mox__shmbuf_t){p, bytes, gen};
+    *base = p;
+    return MOX_OK;
+}
+
 void mox_moe_destroy(mox_moe_t m)
 {
     if (!m)
         return;
+    rbuf_drop(m, &m->rbuf, m->comm->rank);
+    for (int l = 0; m->peer_rbuf && l < m->comm->local_size; l++)
+        rbuf_drop(m, &m->peer_rbuf[l], -1);
+    free(m->peer_rbuf);
     mox__buf_t *bufs[] = {&m->route_mem, &m->hopout,   &m->hopin,
                           &m->fwdout,    &m->fwdin,    &m->fwdrec,
                           &m->fwdiov,    &m->hidscratch, &m->notify,

@@ -30,6 +30,13 @@ typedef struct {
     int32_t *item;
 } mox__csr_t;
 
+/* A named shared-memory buffer: "/mox-<job>-m<id>-<rank>-<gen>". */
+typedef struct mox__shmbuf {
+    void *p;
+    size_t bytes;
+    uint64_t gen;           /* 0: none */
+} mox__shmbuf_t;
+
 enum { MOE_IDLE, MOE_NOTIFIED, MOE_DISPATCHED };
 
 /* Why a rank's dispatch input is refused, as told to every rank in notify
@@ -95,6 +102,13 @@ struct mox_moe {
                             packed in this dispatch (its other hops copy) */
     mox__buf_t urow;     /* dispatch: [P] rows unpacked early per source,
                             then an H-float decode row */
+
+    /* Shared receive buffer (mox_moe_recv_buffer): this rank's, and the
+     * mappings of local peers' (by local rank) that it wrote into. */
+    uint32_t id;            /* handles created on the communicator before */
+    mox__shmbuf_t rbuf;
+    int rbuf_told;          /* the last notify said I have one */
+    mox__shmbuf_t *peer_rbuf; /* [L] */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */
     uint64_t *fwdin_off;    /* [L+1] byte offsets of each forwarder */
@@ -119,6 +133,11 @@ static inline int64_t mox__moe_expert(const struct mox_moe *m,
 
 /* The rank on my node that forwards source s's tokens to me (dedup). */
 int mox__moe_forwarder_for(const struct mox_moe *m, int s);
+
+/* Map local peer `rank`'s receive buffer of generation gen and `bytes`
+ * (kept mapped until its generation changes or the handle goes). */
+mox_status_t mox__moe_map_peer_rbuf(struct mox_moe *m, int rank,
+                                    uint64_t gen, size_t bytes, char **base);
 
 /* Messages that cross the network (dispatch hops, combine rows back) and
  * the partial rows a forwarder sums go in chunks: n items of item_bytes in

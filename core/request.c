@@ -84,6 +84,11 @@ static void count_send(mox__comm_t *c, int tp, size_t bytes)
     }
 }
 
+void mox__count_put(mox__comm_t *c, size_t bytes)
+{
+    count_send(c, MOX_TP_SHM, bytes);
+}
+
 mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
                         const void *buf, size_t bytes, mox__treq_t *r)
 {

@@ -27,9 +27,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3, STEP_HIDDEN = 4 };
+enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3, STEP_HIDDEN = 4,
+       STEP_PLACE = 5 };
 #define NOTIFY_MAGIC 0x4e584f4du /* "MOXN" */
 #define HOP_CHUNKS_MAX MOX_MOE_CHUNKS_MAX
+
+/* Place message: a rank with a shared receive buffer tells each local
+ * source, once the counts are known, whether its rows go straight into the
+ * buffer and where. */
+typedef struct {
+    uint32_t magic, use;
+    uint64_t seq, gen, bytes, row_off, rows;
+} place_t;
+#define PLACE_MAGIC 0x4c504f4du /* "MOPL" */
 
 typedef struct {
     struct mox_moe *m;
@@ -63,6 +73,13 @@ typedef struct {
     int early;
     uint64_t *urow;
     float *utmp;
+    /* Shared receive buffers (mox_moe_recv_buffer): whether mine takes
+     * this dispatch's rows from local sources; per local rank, the place
+     * messages, and whether my rows for it wait for its place. */
+    int use_rbuf;
+    mox__treq_t *plsend, *plrecv; /* [L] */
+    place_t *plout, *plin;        /* [L] */
+    uint8_t *pwait;               /* [L] */
 } dispatch_t;
 
 static mox_status_t next_forward_recv(struct mox_req *req, dispatch_t *s,
@@ -100,8 +117,11 @@ typedef struct {
     uint32_t magic, bad;
     uint64_t seq, fingerprint, n_hop, n_final;
     int64_t bad_token, bad_value;
-    int32_t bad_slot, pad;
+    int32_t bad_slot;
+    int32_t has_rbuf; /* the sender has a shared receive buffer: local
+                         sources wait for its place message */
 } notify_hdr_t;
+
 
 static int node_of(const struct mox_moe *m, int r)
 {
@@ -141,6 +161,10 @@ static mox_status_t build_notify(struct mox_req *req, dispatch_t *s,
                                                           : MOX_MOE_BAD_REPEAT;
     struct mox_moe *m = s->m;
     size_t nb = m->notify_bytes;
+    /* Local sources will wait for my place message when I say I have a
+     * shared receive buffer: say it only when I do, and remember it (a
+     * buffer made after this notify serves the next one). */
+    m->rbuf_told = m->rbuf.p != NULL;
     char *buf = mox__buf_reserve(&m->notify, 2 * (size_t)m->P * nb);
     if (!buf)
         return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe: no memory");
@@ -148,7 +172,7 @@ static mox_status_t build_notify(struct mox_req *req, dispatch_t *s,
     for (int x = 0; x < m->P; x++) {
         notify_hdr_t h = {NOTIFY_MAGIC, (uint32_t)bad_kind, req->seq,
                           m->fingerprint, 0, 0, bad_token, bad_value,
-                          bad_slot, 0};
+                          bad_slot, m->rbuf_told};
         if (route_st == MOX_OK) {
             h.n_hop = m->hop.off[x + 1] - m->hop.off[x];
             h.n_final = m->final_out[x];
@@ -333,6 +357,110 @@ static void pack_record(const struct mox_moe *m, int64_t t, char *rec,
     encode_hidden(m, x, rec + m->meta_bytes, tmp);
 }
 
+/* Did local rank h say in notify that it has a shared receive buffer? */
+static int dest_has_rbuf(const struct mox_moe *m, int h)
+{
+    notify_hdr_t hd;
+    memcpy(&hd, (const char *)m->notify.p +
+                    ((size_t)m->P + (size_t)h) * m->notify_bytes,
+           sizeof hd);
+    return hd.has_rbuf != 0;
+}
+
+/* My records for local rank h: the metas, then the hidden block, gathered
+ * straight from x when the transport reads it in place (one copy in all),
+ * else packed in the records' room. */
+static mox_status_t send_split(struct mox_req *req, dispatch_t *s, int h,
+                               const mox__iov_t *iov)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t hb = (size_t)m->H * m->x_elem;
+    uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
+    char *msg = (char *)m->hopout.p + m->hop.off[h] * m->rec_bytes;
+    char *hid = msg + n * m->meta_bytes;
+    const char *x = m->in.x;
+    mox_status_t st = mox__isend(c, h, mox__tag(req->seq, STEP_HOP), msg,
+                                 n * m->meta_bytes, &s->hsend[h * HOP_CHUNKS_MAX]);
+    uint64_t xtag = mox__tag(req->seq, STEP_HIDDEN);
+    if (st == MOX_OK)
+        st = iov ? mox__isendv(c, h, xtag, iov + m->hop.off[h], n, n * hb,
+                               &s->xsend[h])
+                 : MOX_ERR_UNSUPPORTED;
+    if (st == MOX_ERR_UNSUPPORTED) {
+        for (uint64_t j = 0; j < n; j++) {
+            int64_t t = m->hop.item[m->hop.off[h] + j];
+            memcpy(hid + j * hb, x + (size_t)t * hb, hb);
+        }
+        st = mox__isend(c, h, xtag, hid, n * hb, &s->xsend[h]);
+    }
+    return st;
+}
+
+/* Local destinations with a shared receive buffer whose place message
+ * arrived: write my rows straight into their buffer and send the metas
+ * after them (so the metas' arrival means the rows are there), or, when
+ * the buffer does not take them this time, send as usual. */
+static mox_status_t place_ready(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t hb = (size_t)m->H * m->x_elem;
+    for (int l = 0; l < s->L; l++) {
+        if (!s->pwait[l] || !s->plrecv[l].done)
+            continue;
+        s->pwait[l] = 0;
+        int h = mox__topo_rank_at(&c->topo, c->node, l);
+        mox_status_t st = mox__treq_check(c, &s->plrecv[l], "moe place");
+        if (st != MOX_OK)
+            return st;
+        const place_t *p = &s->plin[l];
+        uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
+        if (s->plrecv[l].bytes != sizeof *p || p->magic != PLACE_MAGIC ||
+            p->seq != req->seq || p->rows != n ||
+            (p->use && (p->row_off > p->bytes / hb ||
+                        p->rows > p->bytes / hb - p->row_off)))
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe: malformed place "
+                             "message from rank %d (%zu bytes, %llu rows at "
+                             "row %llu of a %llu-byte buffer; %llu rows "
+                             "expected)", h, s->plrecv[l].bytes,
+                             (unsigned long long)p->rows,
+                             (unsigned long long)p->row_off,
+                             (unsigned long long)p->bytes,
+                             (unsigned long long)n);
+        if (!p->use) {
+            if ((st = send_split(req, s, h, m->hopiov.p)) != MOX_OK)
+                return st;
+            continue;
+        }
+        char *base;
+        st = mox__moe_map_peer_rbuf(m, h, p->gen, p->bytes, &base);
+        if (st != MOX_OK)
+            return st;
+        const char *x = m->in.x;
+        char *dst = base + p->row_off * hb;
+        for (uint64_t j = 0; j < n; j++) {
+            int64_t t = m->hop.item[m->hop.off[h] + j];
+            memcpy(dst + j * hb, x + (size_t)t * hb, hb);
+        }
+        mox__count_put(c, n * hb);
+        char *msg = (char *)m->hopout.p + m->hop.off[h] * m->rec_bytes;
+        st = mox__isend(c, h, mox__tag(req->seq, STEP_HOP), msg,
+                        n * m->meta_bytes, &s->hsend[h * HOP_CHUNKS_MAX]);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
+static int places_pending(const dispatch_t *s)
+{
+    for (int l = 0; l < s->L; l++)
+        if (s->pwait[l])
+            return 1;
+    return 0;
+}
+
 static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
 {
     struct mox_moe *m = s->m;
@@ -377,6 +505,13 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
                          "%llu records", (unsigned long long)in_total,
                          (unsigned long long)out_total);
     }
+    /* My shared receive buffer takes the rows of local sources when it
+     * is this dispatch's recv_x and holds them all (they then write them
+     * there and send only the metas); each local source learns it from
+     * my place message. */
+    s->use_rbuf = m->rbuf_told && s->out && s->out->recv_x == m->rbuf.p &&
+                  m->num_recv <= s->out->capacity &&
+                  m->num_recv * hb <= m->rbuf.bytes;
     /* Where each token's record was first packed (NULL: not yet). */
     const char **first = mox__buf_reserve(&m->recfirst,
                                           (size_t)m->num_tokens *
@@ -395,7 +530,15 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
             st = mox__irecv(c, x, htag, hin + m->hopin_off[x],
                             m->hop_in[x] * m->meta_bytes,
                             &s->hrecv[x * HOP_CHUNKS_MAX]);
-            if (st == MOX_OK)
+            int l = c->topo.local_of[x];
+            if (st == MOX_OK && m->rbuf_told && x != c->rank) {
+                s->plout[l] = (place_t){PLACE_MAGIC, (uint32_t)s->use_rbuf,
+                                        req->seq, m->rbuf.gen, m->rbuf.bytes,
+                                        m->final_off[x], m->hop_in[x]};
+                st = mox__isend(c, x, mox__tag(req->seq, STEP_PLACE),
+                                &s->plout[l], sizeof(place_t), &s->plsend[l]);
+            }
+            if (st == MOX_OK && !(s->use_rbuf && x != c->rank))
                 st = mox__irecv(c, x, xtag,
                                 s->hidden_in + m->final_off[x] * hb,
                                 m->hop_in[x] * hb, &s->xrecv[x]);
@@ -436,12 +579,10 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
         uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
         char *msg = hout + m->hop.off[h] * rb;
         if (n && split_with(m, h)) {
-            /* Metas, then the hidden block: gathered straight from x when
-             * the transport reads it in place (one copy in all), else
-             * packed in the record's room. The gather list lives in
-             * m->hopiov until the send is done (one list per dispatch:
-             * sized for every hop, so later hops never move it). */
-            char *hid = msg + n * m->meta_bytes;
+            /* Metas, then the hidden block (send_split). The gather list
+             * lives in m->hopiov until the send is done (one list per
+             * dispatch: sized for every hop, so later hops never move
+             * it). */
             mox__iov_t *iov = mox__buf_reserve(&m->hopiov, out_total *
                                                                sizeof *iov);
             const char *x = m->in.x;
@@ -452,18 +593,15 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
                     iov[m->hop.off[h] + j] =
                         (mox__iov_t){x + (size_t)t * hb, hb};
             }
-            st = mox__isend(c, h, htag, msg, n * m->meta_bytes, &s->hsend[h]);
-            if (st == MOX_OK)
-                st = iov ? mox__isendv(c, h, xtag, iov + m->hop.off[h], n,
-                                       n * hb, &s->xsend[h])
-                         : MOX_ERR_UNSUPPORTED;
-            if (st == MOX_ERR_UNSUPPORTED) {
-                for (uint64_t j = 0; j < n; j++) {
-                    int64_t t = m->hop.item[m->hop.off[h] + j];
-                    memcpy(hid + j * hb, x + (size_t)t * hb, hb);
-                }
-                st = mox__isend(c, h, xtag, hid, n * hb, &s->xsend[h]);
+            if (h != c->rank && dest_has_rbuf(m, h)) {
+                /* Wait for its place message (place_ready). */
+                int l = c->topo.local_of[h];
+                s->pwait[l] = 1;
+                st = mox__irecv(c, h, mox__tag(req->seq, STEP_PLACE),
+                                &s->plin[l], sizeof(place_t), &s->plrecv[l]);
+                continue;
             }
+            st = send_split(req, s, h, iov);
             continue;
         }
         /* Chunk by chunk, each sent as soon as it is packed, so the link
@@ -867,7 +1005,9 @@ static mox_status_t progress(struct mox_req *req)
                       (unsigned long long)req->seq,
                       (double)(mox__now_ns() - req->start_ns) / 1e6);
         }
-        if (!s->forwarded || !forwards_received(s))
+        if ((st = place_ready(req, s)) != MOX_OK)
+            return st;
+        if (!s->forwarded || !forwards_received(s) || places_pending(s))
             return MOX_IN_PROGRESS;
         s->phase = 4;
     }
@@ -923,10 +1063,11 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     for (int src = 0; src < m->P; src++)
         nsrv += served_remote(m, src);
     size_t P = (size_t)m->P, fsend_max = (size_t)nsrv * HOP_CHUNKS_MAX * L;
-    size_t nt = 4 * P + 2 * P * HOP_CHUNKS_MAX + fsend_max + (size_t)L;
+    size_t nt = 4 * P + 2 * P * HOP_CHUNKS_MAX + fsend_max + 3 * (size_t)L;
     dispatch_t *s = calloc(1, sizeof *s + nt * sizeof(mox__treq_t) +
+                                  2 * (size_t)L * sizeof(place_t) +
                                   3 * (size_t)L * sizeof(uint64_t) +
-                                  (P + (size_t)L) * sizeof(int));
+                                  (P + (size_t)L) * sizeof(int) + (size_t)L);
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     req->state = s;
@@ -945,12 +1086,17 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     s->xrecv = s->xsend + P;
     s->fsend = s->xrecv + P;
     s->frecv = s->fsend + fsend_max;
+    s->plsend = s->frecv + L;
+    s->plrecv = s->plsend + L;
     s->fsend_max = fsend_max;
-    s->fcount = (uint64_t *)(s->t + nt);
+    s->plout = (place_t *)(void *)(s->t + nt);
+    s->plin = s->plout + L;
+    s->fcount = (uint64_t *)(void *)(s->plin + L);
     s->rgot = s->fcount + L;
     s->roff = s->rgot + L;
     s->rsrc = (int *)(s->roff + L);
     s->srv = s->rsrc + L;
+    s->pwait = (uint8_t *)(s->srv + P);
     for (int src = 0; src < m->P; src++)
         if (served_remote(m, src))
             s->srv[s->nsrv++] = src;

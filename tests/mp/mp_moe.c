@@ -24,6 +24,7 @@ typedef struct {
     int tokens, hidden, experts, topk, iters, zero_rank, check_bytes;
     int use_notify, victim;
     const char *routing, *x_type, *idx_type, *wire, *comb, *algo, *mode;
+    const char *rbuf; /* mox_moe_recv_buffer: none|all|odd|unused */
 } opts_t;
 
 static int P, me, nnodes;
@@ -393,6 +394,9 @@ static void usage(FILE *f)
                "  [--x f32|bf16|f16] [--idx i32|i64] [--wire native|bf16|fp8]\n"
                "  [--combine-wire f32|bf16] [--algo auto|dedup|alltoallv|allgather]\n"
                "  [--iters N] [--notify] [--check-bytes]\n"
+               "  [--recv-buffer none|all|odd|unused]  (recv_x from "
+               "mox_moe_recv_buffer on every rank,\n"
+               "  on odd ranks, or requested but recv_x elsewhere)\n"
                "  [--mode ok|bad-expert|dup-expert|null-x|small-capacity|bad-hidden|"
                "bad-experts --victim R]\n");
 }
@@ -406,9 +410,10 @@ static int parse(int argc, char **argv)
         {"wire", 1, 0, 'w'}, {"combine-wire", 1, 0, 'c'}, {"algo", 1, 0, 'a'},
         {"iters", 1, 0, 'n'}, {"notify", 0, 0, 'N'}, {"check-bytes", 0, 0, 'B'},
         {"mode", 1, 0, 'm'}, {"victim", 1, 0, 'v'}, {"help", 0, 0, 'h'},
+        {"recv-buffer", 1, 0, 'R'},
         {0, 0, 0, 0}};
     o = (opts_t){1, 64, 128, 64, 8, 2, -1, 0, 0, -1, "uniform", "f32", "i32",
-                 "native", "f32", "auto", "ok"};
+                 "native", "f32", "auto", "ok", "none"};
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
@@ -429,6 +434,7 @@ static int parse(int argc, char **argv)
         case 'B': o.check_bytes = 1; break;
         case 'm': o.mode = optarg; break;
         case 'v': o.victim = atoi(optarg); break;
+        case 'R': o.rbuf = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -570,7 +576,15 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
     if (!strcmp(o.mode, "small-capacity") && me == o.victim)
         cap = 1;
     mox_moe_output_t out = {sizeof out, cap, NULL, NULL, NULL, NULL, NULL, 0};
-    out.recv_x = malloc(cap * H * xsize() + 1);
+    /* The shared receive buffer: on every rank, odd ranks, or requested
+     * but not passed (peers must then send as usual). */
+    void *rbuf = NULL;
+    int want_rbuf = !strcmp(o.rbuf, "all") || !strcmp(o.rbuf, "unused") ||
+                    (!strcmp(o.rbuf, "odd") && me % 2);
+    if (st == MOX_OK && want_rbuf)
+        st = mox_moe_recv_buffer(moe, cap ? cap : 1, &rbuf);
+    int own_x = !rbuf || !strcmp(o.rbuf, "unused");
+    out.recv_x = own_x ? malloc(cap * H * xsize() + 1) : rbuf;
     out.recv_topk_idx = malloc(cap * k * 4 + 1);
     out.recv_topk_weights = malloc(cap * k * 4 + 1);
     out.recv_src = malloc(cap * 8 + 1);
@@ -623,7 +637,9 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
         }
     }
     free(x); free(idx); free(w);
-    free(out.recv_x); free(out.recv_topk_idx); free(out.recv_topk_weights);
+    if (own_x)
+        free(out.recv_x);
+    free(out.recv_topk_idx); free(out.recv_topk_weights);
     free(out.recv_src); free(out.recv_per_expert);
     return bad;
 }

@@ -41,6 +41,7 @@ typedef struct {
     double link_gbit;
     uint64_t seed;
     const char *csv, *impls, *comb_wire;
+    int rbuf;
 } opts_t;
 
 static opts_t o;
@@ -74,6 +75,9 @@ static void usage(FILE *f)
         "      --impls LIST    subset of mox-dedup,mox-a2av,mox-dedup-fp8,"
         "ompi-a2av\n"
         "      --seed S        routing and data seed (default 1)\n"
+        "      --recv-buffer   mox impls receive into the handle's shared\n"
+        "                      buffer (mox_moe_recv_buffer): rows from the\n"
+        "                      same node are written straight into it\n"
         "      --csv FILE      also write the results as CSV (rank 0)\n"
         "Columns: dispatch/combine = slowest rank's mean time; GB/s = bf16 token\n"
         "bytes delivered per rank / dispatch time; inter B/rank = bytes a rank\n"
@@ -112,7 +116,8 @@ static int parse(int argc, char **argv)
         {"hidden", 1, 0, 'H'}, {"experts", 1, 0, 'E'}, {"topk", 1, 0, 'k'},
         {"max-nodes", 1, 0, 'M'}, {"link-gbit", 1, 0, 'L'},
         {"combine-wire", 1, 0, 'C'}, {"impls", 1, 0, 'I'}, {"seed", 1, 0, 's'},
-        {"csv", 1, 0, 'o'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"csv", 1, 0, 'o'}, {"recv-buffer", 0, 0, 'R'}, {"help", 0, 0, 'h'},
+        {0, 0, 0, 0}};
     o = (opts_t){.hidden = 7168, .experts = 256, .topk = 8, .max_nodes = 4,
                  .warmup = 2, .link_gbit = 1.0, .seed = 1, .csv = NULL,
                  .impls = "mox-dedup,mox-a2av,mox-dedup-fp8,ompi-a2av",
@@ -150,6 +155,7 @@ static int parse(int argc, char **argv)
         case 'C': o.comb_wire = optarg; break;
         case 'I': o.impls = optarg; break;
         case 's': o.seed = strtoull(optarg, NULL, 0); break;
+        case 'R': o.rbuf = 1; break;
         case 'o': o.csv = optarg; break;
         case 'h': return 1;
         default: return -1;
@@ -420,12 +426,16 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
     int32_t *rid = malloc(cap * k * 4 + 4), *rsrc = malloc(cap * 8 + 8);
     float *rw = malloc(cap * k * 4 + 4);
     uint64_t *per_e = malloc((size_t)El * 8 + 8);
-    mox_moe_output_t out = {sizeof out, cap, recv_x, rid, rw, rsrc, per_e, 0};
     mox_status_t st;
+    /* --recv-buffer: rows land in the handle's shared receive buffer. */
+    uint16_t *rx = recv_x;
+    if (o.rbuf && (st = mox_moe_recv_buffer(moe, cap, (void **)&rx)) != MOX_OK)
+        die_mox(comm, "recv_buffer", st);
+    mox_moe_output_t out = {sizeof out, cap, rx, rid, rw, rsrc, per_e, 0};
     int f32wire = !strcmp(o.comb_wire, "f32");
 
     /* checked round */
-    memset(recv_x, 0, cap * (size_t)o.hidden * 2);
+    memset(rx, 0, cap * (size_t)o.hidden * 2);
     if ((st = mox_moe_dispatch(moe, &in, &out)) != MOX_OK)
         die_mox(comm, "dispatch", st);
     long wrong = 0;
@@ -446,13 +456,13 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
             bad |= rid[r * k + j] != id || rw[r * k + j] != w;
         }
         if (!bad)
-            bad = check_row(recv_x + r * (size_t)o.hidden, s, t, fp8);
+            bad = check_row(rx + r * (size_t)o.hidden, s, t, fp8);
         if (bad && wrong < 3)
             fprintf(stderr, "mox-moe-bench: rank %d: wrong row %" PRIu64
                     " (expected source %d token %d)\n", me, r, s, t);
         wrong += bad;
     }
-    run_experts(out.num_recv, recv_x, (size_t)o.hidden, rw, (size_t)k, rid,
+    run_experts(out.num_recv, rx, (size_t)o.hidden, rw, (size_t)k, rid,
                 (size_t)k, 0, y_buf);
     if ((st = mox_moe_combine(moe, y_buf, comb_out)) != MOX_OK)
         die_mox(comm, "combine", st);
