@@ -110,9 +110,10 @@ typedef enum {
       "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
     X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "1M", NULL, 0,                 \
       (int64_t)1 << 24,                                                        \
-      "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
-      "this size go through the shm segment's collective area when all "       \
-      "ranks share one node, block-sparse ones too (the segment holds 2 "    \
+      "reduce-scatter vectors (bytes of the whole vector) and allgathers "    \
+      "whose blocks (bytes of the largest) are up to this size go through "    \
+      "the shm segment's collective area when all ranks share one node, "      \
+      "block-sparse reduce-scatters too (the segment holds 2 "                 \
       "slots of this size, plus 1/64 for a sparse bitmap, per local rank, "    \
       "capped so the area stays within about 32 MiB per node; "                \
       "allgathers above 64k on 2 ranks stay flat; same value on every "        \
