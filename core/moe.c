@@ -187,8 +187,9 @@ mox_status_t mox_moe_create(mox_comm_t c, const mox_moe_config_t *g,
 
 /* ---- shared receive buffers ------------------------------------------- */
 
-static void rbuf_name(const struct mox_moe *m, int rank, uint64_t gen,
-                      char *name, size_t len)
+/* kind "" (receive buffers) or "c" (combine areas). */
+static void shmbuf_name(const struct mox_moe *m, const char *kind, int rank,
+                        uint64_t gen, char *name, size_t len)
 {
     char job[sizeof m->comm->job_id];
     size_t i = 0;
@@ -199,21 +200,56 @@ static void rbuf_name(const struct mox_moe *m, int rank, uint64_t gen,
         job[i] = ok ? ch : '_';
     }
     job[i] = '\0';
-    snprintf(name, len, "/mox-%s-m%u-%d-%llu", job, m->id, rank,
+    snprintf(name, len, "/mox-%s-m%u-%s%d-%llu", job, m->id, kind, rank,
              (unsigned long long)gen);
 }
 
-static void rbuf_drop(struct mox_moe *m, mox__shmbuf_t *b, int owner_rank)
+static void shmbuf_drop(struct mox_moe *m, const char *kind, mox__shmbuf_t *b,
+                        int owner_rank)
 {
     if (b->p)
         munmap(b->p, b->bytes);
     if (b->p && owner_rank >= 0) {
         char name[160];
-        rbuf_name(m, owner_rank, b->gen, name, sizeof name);
+        shmbuf_name(m, kind, owner_rank, b->gen, name, sizeof name);
         shm_unlink(name);
     }
     b->p = NULL;
     b->bytes = 0;
+}
+
+/* Replace b by a new generation of `bytes` (whole pages). */
+static mox_status_t shmbuf_create(struct mox_moe *m, const char *kind,
+                                  mox__shmbuf_t *b, size_t bytes,
+                                  const char *what)
+{
+    mox__comm_t *c = m->comm;
+    bytes = (bytes + 4095) & ~(size_t)4095;
+    shmbuf_drop(m, kind, b, c->rank);
+    uint64_t gen = b->gen + 1;
+    char name[160];
+    shmbuf_name(m, kind, c->rank, gen, name, sizeof name);
+    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    if (fd < 0 && errno == EEXIST) { /* a crashed run's leftover */
+        shm_unlink(name);
+        fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
+    }
+    if (fd < 0)
+        return mox__fail(c, MOX_ERR_SYSTEM, "%s: shm_open(%s): %s", what,
+                         name, strerror(errno));
+    void *p = MAP_FAILED;
+    if (ftruncate(fd, (off_t)bytes) == 0)
+        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    int err = errno;
+    close(fd);
+    if (p == MAP_FAILED) {
+        shm_unlink(name);
+        return mox__fail(c, MOX_ERR_SYSTEM, "%s: %zu bytes of shared memory "
+                         "(%s): %s", what, bytes, name, strerror(err));
+    }
+    *b = (mox__shmbuf_t){p, bytes, gen};
+    MOX_DEBUG("moe", "%s %s: %zu bytes", what, name, bytes);
+    return MOX_OK;
 }
 
 mox_status_t mox_moe_recv_buffer(mox_moe_t m, uint64_t rows, void **recv_x)
@@ -233,59 +269,57 @@ mox_status_t mox_moe_recv_buffer(mox_moe_t m, uint64_t rows, void **recv_x)
         *recv_x = m->rbuf.p;
         return MOX_OK;
     }
-    /* Whole pages, and growth by half again, as mox__buf_reserve. */
+    /* Growth by half again, as mox__buf_reserve. */
     if (m->rbuf.p)
         bytes += bytes / 2;
-    bytes = (bytes + 4095) & ~(size_t)4095;
-    rbuf_drop(m, &m->rbuf, c->rank);
-    uint64_t gen = m->rbuf.gen + 1;
-    char name[160];
-    rbuf_name(m, c->rank, gen, name, sizeof name);
-    int fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    if (fd < 0 && errno == EEXIST) { /* a crashed run's leftover */
-        shm_unlink(name);
-        fd = shm_open(name, O_CREAT | O_EXCL | O_RDWR, 0600);
-    }
-    if (fd < 0)
-        return mox__fail(c, MOX_ERR_SYSTEM, "moe_recv_buffer: shm_open(%s): "
-                         "%s", name, strerror(errno));
-    void *p = MAP_FAILED;
-    if (ftruncate(fd, (off_t)bytes) == 0)
-        p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int err = errno;
-    close(fd);
-    if (p == MAP_FAILED) {
-        shm_unlink(name);
-        return mox__fail(c, MOX_ERR_SYSTEM, "moe_recv_buffer: %zu bytes of "
-                         "shared memory (%s): %s", bytes, name, strerror(err));
-    }
-    m->rbuf = (mox__shmbuf_t){p, bytes, gen};
-    *recv_x = p;
-    MOX_DEBUG("moe", "receive buffer %s: %zu bytes", name, bytes);
-    return MOX_OK;
+    mox_status_t st = shmbuf_create(m, "", &m->rbuf, bytes,
+                                    "moe_recv_buffer");
+    if (st == MOX_OK)
+        *recv_x = m->rbuf.p;
+    return st;
 }
 
-mox_status_t mox__moe_map_peer_rbuf(struct mox_moe *m, int rank,
-                                    uint64_t gen, size_t bytes, char **base)
+char *mox__moe_comb_area(struct mox_moe *m, size_t bytes)
+{
+    if (m->cbuf.p && bytes <= m->cbuf.bytes)
+        return m->cbuf.p;
+    /* MOX_TEST_COMBINE_MESSAGES (tests only): as if shared memory could
+     * not be had, so combine takes the message path. */
+    if (m->cbuf_failed || getenv("MOX_TEST_COMBINE_MESSAGES"))
+        return NULL;
+    if (shmbuf_create(m, "c", &m->cbuf, bytes + bytes / 2 + 4096,
+                      "moe combine area") != MOX_OK) {
+        m->cbuf_failed = 1; /* messages then; the error is only logged */
+        MOX_DEBUG("moe", "no shared combine area: %s",
+                  mox_comm_last_error(m->comm));
+        return NULL;
+    }
+    return m->cbuf.p;
+}
+
+mox_status_t mox__moe_map_peer(struct mox_moe *m, int kind, int rank,
+                               uint64_t gen, size_t bytes, char **base)
 {
     mox__comm_t *c = m->comm;
     int l = c->topo.local_of[rank];
-    if (!m->peer_rbuf) {
-        m->peer_rbuf = calloc((size_t)c->local_size, sizeof *m->peer_rbuf);
-        if (!m->peer_rbuf)
+    mox__shmbuf_t **arr = kind ? &m->peer_cbuf : &m->peer_rbuf;
+    const char *k = kind ? "c" : "";
+    if (!*arr) {
+        *arr = calloc((size_t)c->local_size, sizeof **arr);
+        if (!*arr)
             return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     }
-    mox__shmbuf_t *b = &m->peer_rbuf[l];
+    mox__shmbuf_t *b = &(*arr)[l];
     if (b->p && b->gen == gen && b->bytes == bytes) {
         *base = b->p;
         return MOX_OK;
     }
-    rbuf_drop(m, b, -1);
+    shmbuf_drop(m, k, b, -1);
     char name[160];
-    rbuf_name(m, rank, gen, name, sizeof name);
+    shmbuf_name(m, k, rank, gen, name, sizeof name);
     int fd = shm_open(name, O_RDWR, 0);
     if (fd < 0)
-        return mox__fail(c, MOX_ERR_SYSTEM, "moe: rank %d's receive buffer "
+        return mox__fail(c, MOX_ERR_SYSTEM, "moe: rank %d's shared buffer "
                          "%s: %s", rank, name, strerror(errno));
     struct stat st;
     void *p = MAP_FAILED;
@@ -296,7 +330,7 @@ mox_status_t mox__moe_map_peer_rbuf(struct mox_moe *m, int rank,
     int err = errno;
     close(fd);
     if (p == MAP_FAILED)
-        return mox__fail(c, MOX_ERR_SYSTEM, "moe: mapping rank %d's receive "
+        return mox__fail(c, MOX_ERR_SYSTEM, "moe: mapping rank %d's shared "
                          "buffer %s (%zu bytes): %s", rank, name, bytes,
                          strerror(err));
     *b = (mox__shmbuf_t){p, bytes, gen};
@@ -308,10 +342,16 @@ void mox_moe_destroy(mox_moe_t m)
 {
     if (!m)
         return;
-    rbuf_drop(m, &m->rbuf, m->comm->rank);
-    for (int l = 0; m->peer_rbuf && l < m->comm->local_size; l++)
-        rbuf_drop(m, &m->peer_rbuf[l], -1);
+    shmbuf_drop(m, "", &m->rbuf, m->comm->rank);
+    shmbuf_drop(m, "c", &m->cbuf, m->comm->rank);
+    for (int l = 0; l < m->comm->local_size; l++) {
+        if (m->peer_rbuf)
+            shmbuf_drop(m, "", &m->peer_rbuf[l], -1);
+        if (m->peer_cbuf)
+            shmbuf_drop(m, "c", &m->peer_cbuf[l], -1);
+    }
     free(m->peer_rbuf);
+    free(m->peer_cbuf);
     mox__buf_t *bufs[] = {&m->route_mem, &m->hopout,   &m->hopin,
                           &m->fwdout,    &m->fwdin,    &m->fwdrec,
                           &m->fwdiov,    &m->hidscratch, &m->notify,

@@ -109,6 +109,11 @@ struct mox_moe {
     mox__shmbuf_t rbuf;
     int rbuf_told;          /* the last notify said I have one */
     mox__shmbuf_t *peer_rbuf; /* [L] */
+    /* Combine's receive area in shared memory, which local ranks write
+     * their rows into; and the mappings of local peers' areas. */
+    mox__shmbuf_t cbuf;
+    int cbuf_failed;        /* could not be made: combine uses messages */
+    mox__shmbuf_t *peer_cbuf; /* [L] */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */
     uint64_t *fwdin_off;    /* [L+1] byte offsets of each forwarder */
@@ -134,10 +139,23 @@ static inline int64_t mox__moe_expert(const struct mox_moe *m,
 /* The rank on my node that forwards source s's tokens to me (dedup). */
 int mox__moe_forwarder_for(const struct mox_moe *m, int s);
 
-/* Map local peer `rank`'s receive buffer of generation gen and `bytes`
- * (kept mapped until its generation changes or the handle goes). */
-mox_status_t mox__moe_map_peer_rbuf(struct mox_moe *m, int rank,
-                                    uint64_t gen, size_t bytes, char **base);
+/* Map local peer `rank`'s receive buffer (kind 0) or combine area (kind
+ * 1) of generation gen and `bytes` (kept mapped until its generation
+ * changes or the handle goes). */
+mox_status_t mox__moe_map_peer(struct mox_moe *m, int kind, int rank,
+                               uint64_t gen, size_t bytes, char **base);
+/* This rank's combine receive area in shared memory, at least `bytes`;
+ * NULL when shared memory is not to be had (combine then uses messages). */
+char *mox__moe_comb_area(struct mox_moe *m, size_t bytes);
+
+/* Place message: a rank tells a local peer whether to write its rows
+ * straight into the rank's shared buffer and where (dispatch: the receive
+ * buffer; combine: the combine area). */
+typedef struct {
+    uint32_t magic, use;
+    uint64_t seq, gen, bytes, row_off, rows;
+} mox__place_t;
+#define MOX_PLACE_MAGIC 0x4c504f4du /* "MOPL" */
 
 /* Messages that cross the network (dispatch hops, combine rows back) and
  * the partial rows a forwarder sums go in chunks: n items of item_bytes in

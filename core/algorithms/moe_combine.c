@@ -22,7 +22,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STEP_PART = 1, STEP_BACK = 2 };
+enum { STEP_PART = 1, STEP_BACK = 2, STEP_PLACE = 3 };
 
 typedef struct {
     struct mox_moe *m;
@@ -49,6 +49,18 @@ typedef struct {
     uint32_t sc;
     uint64_t *cur, *end;
     float *acc;
+    /* Rows back between ranks of the node: a rank's receive area is in
+     * shared memory (shared), and it tells each local rank that returns
+     * rows where to write them (place messages, STEP_PLACE); the rank
+     * writes them there and sends an 8-byte note in their stead. cwait[l]:
+     * my rows for local rank l wait for its place. */
+    int shared;
+    mox__treq_t *cpsend, *cprecv; /* [L] */
+    mox__place_t *cpout, *cpin;   /* [L] */
+    uint8_t *cwait;               /* [L] */
+    uint64_t *cnote;              /* [L] notes received */
+    uint64_t note;                /* the 8 bytes sent for rows written */
+    float *wtmp;                  /* [H] conversions to the wire */
 } combine_t;
 
 #define CMAX MOX_MOE_CHUNKS_MAX
@@ -137,12 +149,19 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
             recv_rows += m->fwd.off[l + 1] - m->fwd.off[l];
     }
     s->send = mox__buf_reserve(&m->comb_send, send_rows * rb + 8);
-    s->recv = mox__buf_reserve(&m->comb_recv, recv_rows * rb + 8);
+    /* Receive area in shared memory when other ranks of the node return
+     * rows: they write them straight into it. */
+    s->recv = NULL;
+    if (c->local_size > 1)
+        s->recv = mox__moe_comb_area(m, recv_rows * rb + 8);
+    s->shared = s->recv != NULL;
+    if (!s->recv)
+        s->recv = mox__buf_reserve(&m->comb_recv, recv_rows * rb + 8);
     float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
     size_t L = (size_t)s->L;
     uint64_t *cur = mox__buf_reserve(&m->comb_accum,
                                      2 * L * sizeof(uint64_t) +
-                                         (size_t)m->H * sizeof(float) + 8);
+                                         2 * (size_t)m->H * sizeof(float) + 8);
     if (!s->send || !s->recv || !tmp || !cur) {
         free(tmp);
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory for "
@@ -152,6 +171,7 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
     s->cur = cur;
     s->end = cur + L;
     s->acc = (float *)(void *)(s->end + L);
+    s->wtmp = s->acc + m->H;
     for (size_t l = 0; l < L && m->forward; l++) {
         s->cur[l] = m->fwd.off[l];
         s->end[l] = m->fwd.off[l + 1];
@@ -165,6 +185,24 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
         const mox__csr_t *bl = back_list(m, x);
         uint64_t n = bl->off[x + 1] - bl->off[x];
         char *at = s->recv + s->recv_off[x] * rb;
+        if (n && x != c->rank && !remote(m, x)) {
+            /* A local rank: it waits for my place message. */
+            int l = c->topo.local_of[x];
+            s->cpout[l] = (mox__place_t){MOX_PLACE_MAGIC,
+                                         (uint32_t)s->shared, req->seq,
+                                         m->cbuf.gen, m->cbuf.bytes,
+                                         s->recv_off[x], n};
+            st = mox__isend(c, x, mox__tag(req->seq, STEP_PLACE),
+                            &s->cpout[l], sizeof(mox__place_t),
+                            &s->cpsend[l]);
+            if (st == MOX_OK)
+                st = s->shared
+                         ? mox__irecv(c, x, btag, &s->cnote[l], 8,
+                                      &s->brecv[(size_t)x * CMAX])
+                         : mox__irecv(c, x, btag, at, n * rb,
+                                      &s->brecv[(size_t)x * CMAX]);
+            continue;
+        }
         uint32_t nch = bl == &m->hop ? mox__moe_chunks(m, n, m->rec_bytes)
                                      : (n != 0);
         for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
@@ -211,6 +249,13 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
         uint64_t n = m->final_in[x];
         if (!direct_back(m, x) || !n)
             continue;
+        if (x != c->rank && !remote(m, x)) {
+            int l = c->topo.local_of[x];
+            s->cwait[l] = 1;
+            st = mox__irecv(c, x, mox__tag(req->seq, STEP_PLACE), &s->cpin[l],
+                            sizeof(mox__place_t), &s->cprecv[l]);
+            continue;
+        }
         const char *rows = s->expert_out +
                            m->final_off[x] * (size_t)m->H * m->x_elem;
         if (!same_format(m)) {
@@ -405,6 +450,75 @@ static mox_status_t finish_out(combine_t *s)
     return MOX_OK;
 }
 
+/* Local ranks whose place message arrived: write my rows for them
+ * straight into their shared combine area (in the wire format) and send
+ * the 8-byte note after them, or send the rows when the place says so. */
+static mox_status_t back_ready(struct mox_req *req, combine_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    size_t rb = s->row_bytes;
+    uint64_t btag = mox__tag(req->seq, STEP_BACK);
+    for (int l = 0; l < s->L; l++) {
+        if (!s->cwait[l] || !s->cprecv[l].done)
+            continue;
+        s->cwait[l] = 0;
+        int x = mox__topo_rank_at(&c->topo, c->node, l);
+        mox_status_t st = mox__treq_check(c, &s->cprecv[l], "moe place");
+        if (st != MOX_OK)
+            return st;
+        const mox__place_t *p = &s->cpin[l];
+        uint64_t n = m->final_in[x];
+        if (s->cprecv[l].bytes != sizeof *p || p->magic != MOX_PLACE_MAGIC ||
+            p->seq != req->seq || p->rows != n ||
+            (p->use && (p->row_off > p->bytes / rb ||
+                        p->rows > p->bytes / rb - p->row_off)))
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe combine: malformed "
+                             "place message from rank %d (%zu bytes, %llu "
+                             "rows at row %llu of %llu bytes; %llu expected)",
+                             x, s->cprecv[l].bytes,
+                             (unsigned long long)p->rows,
+                             (unsigned long long)p->row_off,
+                             (unsigned long long)p->bytes,
+                             (unsigned long long)n);
+        const char *rows = s->expert_out +
+                           m->final_off[x] * (size_t)m->H * m->x_elem;
+        char *dst;
+        if (p->use) {
+            char *base;
+            st = mox__moe_map_peer(m, 1, x, p->gen, p->bytes, &base);
+            if (st != MOX_OK)
+                return st;
+            dst = base + p->row_off * rb;
+        } else {
+            dst = s->send + s->send_off[x] * rb;
+        }
+        if (same_format(m) && !p->use)
+            dst = (char *)rows; /* sent in place */
+        else if (same_format(m))
+            memcpy(dst, rows, n * rb);
+        else
+            to_wire(m, rows, dst, n, s->wtmp);
+        if (p->use)
+            mox__count_put(c, n * rb);
+        st = p->use ? mox__isend(c, x, btag, &s->note, 8,
+                                 &s->bsend[(size_t)x * CMAX])
+                    : mox__isend(c, x, btag, dst, n * rb,
+                                 &s->bsend[(size_t)x * CMAX]);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
+static int backs_pending(const combine_t *s)
+{
+    for (int l = 0; l < s->L; l++)
+        if (s->cwait[l])
+            return 1;
+    return 0;
+}
+
 /* Receives are posted only for nonzero counts: an empty one is a peer's
  * bug. */
 static mox_status_t check_all(mox__comm_t *c, const mox__treq_t *t, size_t n)
@@ -424,6 +538,8 @@ static mox_status_t progress(struct mox_req *req)
     mox_status_t st = s->start_error;
     if (st != MOX_OK)
         return st;
+    if ((st = back_ready(req, s)) != MOX_OK)
+        return st;
     if (s->phase == 1) {
         if ((st = sum_ready(req, s)) != MOX_OK)
             return st;
@@ -434,7 +550,7 @@ static mox_status_t progress(struct mox_req *req)
                   (unsigned long long)req->seq,
                   (double)(mox__now_ns() - req->start_ns) / 1e6);
     }
-    if (!mox__treqs_done(s->t, s->nt))
+    if (backs_pending(s) || !mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
     if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
         return st;
@@ -456,10 +572,12 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     for (int x = 0; x < m->P; x++)
         nsrv += (size_t)served_remote(m, x);
     size_t pmax = nsrv * CMAX;
-    size_t nt = 3 * P * CMAX + (size_t)L * pmax;
+    size_t nt = 3 * P * CMAX + (size_t)L * pmax + 2 * (size_t)L;
     size_t bytes = sizeof(combine_t) + nt * sizeof(mox__treq_t) +
                    (2 * P + (size_t)L) * sizeof(uint64_t) +
-                   ((size_t)L * pmax + 3 * (size_t)L) * sizeof(uint64_t);
+                   ((size_t)L * pmax + 3 * (size_t)L) * sizeof(uint64_t) +
+                   2 * (size_t)L * sizeof(mox__place_t) +
+                   (size_t)L * sizeof(uint64_t) + (size_t)L;
     combine_t *s = calloc(1, bytes);
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory");
@@ -475,6 +593,8 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     s->bsend = s->psend + P * CMAX;
     s->brecv = s->bsend + P * CMAX;
     s->precv = s->brecv + P * CMAX;
+    s->cpsend = s->precv + (size_t)L * pmax;
+    s->cprecv = s->cpsend + L;
     s->pmax = pmax;
     s->send_off = (uint64_t *)(s->t + nt);
     s->recv_off = s->send_off + P;
@@ -483,6 +603,10 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     s->pn = s->prow + (size_t)L * pmax;
     s->pdone = s->pn + L;
     s->parrived = s->pdone + L;
+    s->cpout = (mox__place_t *)(void *)(s->parrived + L);
+    s->cpin = s->cpout + L;
+    s->cnote = (uint64_t *)(void *)(s->cpin + L);
+    s->cwait = (uint8_t *)(s->cnote + L);
     req->treqs = s->t;
     req->ntreqs = nt;
     req->progress = progress;

@@ -32,14 +32,8 @@ enum { STEP_NOTIFY = 1, STEP_HOP = 2, STEP_FWD = 3, STEP_HIDDEN = 4,
 #define NOTIFY_MAGIC 0x4e584f4du /* "MOXN" */
 #define HOP_CHUNKS_MAX MOX_MOE_CHUNKS_MAX
 
-/* Place message: a rank with a shared receive buffer tells each local
- * source, once the counts are known, whether its rows go straight into the
- * buffer and where. */
-typedef struct {
-    uint32_t magic, use;
-    uint64_t seq, gen, bytes, row_off, rows;
-} place_t;
-#define PLACE_MAGIC 0x4c504f4du /* "MOPL" */
+typedef mox__place_t place_t;
+#define PLACE_MAGIC MOX_PLACE_MAGIC
 
 typedef struct {
     struct mox_moe *m;
@@ -434,7 +428,7 @@ static mox_status_t place_ready(struct mox_req *req, dispatch_t *s)
             continue;
         }
         char *base;
-        st = mox__moe_map_peer_rbuf(m, h, p->gen, p->bytes, &base);
+        st = mox__moe_map_peer(m, 0, h, p->gen, p->bytes, &base);
         if (st != MOX_OK)
             return st;
         const char *x = m->in.x;
