@@ -338,6 +338,27 @@ mox_status_t mox__moe_map_peer(struct mox_moe *m, int kind, int rank,
     return MOX_OK;
 }
 
+mox_status_t mox__moe_check_place(mox__comm_t *c, const mox__treq_t *r,
+                                  const mox__place_t *p, uint64_t seq,
+                                  uint64_t rows, size_t row_bytes,
+                                  const char *what)
+{
+    mox_status_t st = mox__treq_check(c, r, what);
+    if (st != MOX_OK)
+        return st;
+    if (r->bytes == sizeof *p && p->magic == MOX_PLACE_MAGIC &&
+        p->seq == seq && p->rows == rows &&
+        (!p->use || (p->row_off <= p->bytes / row_bytes &&
+                     p->rows <= p->bytes / row_bytes - p->row_off)))
+        return MOX_OK;
+    return mox__fail(c, MOX_ERR_PROTOCOL, "%s: malformed place message from "
+                     "rank %d (%zu bytes, %llu rows at row %llu of a "
+                     "%llu-byte buffer; %llu rows expected)", what, r->peer,
+                     r->bytes, (unsigned long long)p->rows,
+                     (unsigned long long)p->row_off,
+                     (unsigned long long)p->bytes, (unsigned long long)rows);
+}
+
 void mox_moe_destroy(mox_moe_t m)
 {
     if (!m)

@@ -157,6 +157,15 @@ typedef struct {
 } mox__place_t;
 #define MOX_PLACE_MAGIC 0x4c504f4du /* "MOPL" */
 
+/* A place message r brought p: it arrived whole, is of this operation
+ * (seq), names `rows` rows and, when it says to write, a place inside the
+ * buffer for them (rows of row_bytes). MOX_ERR_PROTOCOL naming the peer
+ * otherwise. */
+mox_status_t mox__moe_check_place(mox__comm_t *c, const mox__treq_t *r,
+                                  const mox__place_t *p, uint64_t seq,
+                                  uint64_t rows, size_t row_bytes,
+                                  const char *what);
+
 /* Messages that cross the network (dispatch hops, combine rows back) and
  * the partial rows a forwarder sums go in chunks: n items of item_bytes in
  * about MOX_MOE_CHUNK_SIZE bytes each, at most MOX_MOE_CHUNKS_MAX, none

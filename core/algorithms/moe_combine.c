@@ -464,23 +464,12 @@ static mox_status_t back_ready(struct mox_req *req, combine_t *s)
             continue;
         s->cwait[l] = 0;
         int x = mox__topo_rank_at(&c->topo, c->node, l);
-        mox_status_t st = mox__treq_check(c, &s->cprecv[l], "moe place");
-        if (st != MOX_OK)
-            return st;
         const mox__place_t *p = &s->cpin[l];
         uint64_t n = m->final_in[x];
-        if (s->cprecv[l].bytes != sizeof *p || p->magic != MOX_PLACE_MAGIC ||
-            p->seq != req->seq || p->rows != n ||
-            (p->use && (p->row_off > p->bytes / rb ||
-                        p->rows > p->bytes / rb - p->row_off)))
-            return mox__fail(c, MOX_ERR_PROTOCOL, "moe combine: malformed "
-                             "place message from rank %d (%zu bytes, %llu "
-                             "rows at row %llu of %llu bytes; %llu expected)",
-                             x, s->cprecv[l].bytes,
-                             (unsigned long long)p->rows,
-                             (unsigned long long)p->row_off,
-                             (unsigned long long)p->bytes,
-                             (unsigned long long)n);
+        mox_status_t st = mox__moe_check_place(c, &s->cprecv[l], p, req->seq,
+                                               n, rb, "moe combine");
+        if (st != MOX_OK)
+            return st;
         const char *rows = s->expert_out +
                            m->final_off[x] * (size_t)m->H * m->x_elem;
         char *dst;

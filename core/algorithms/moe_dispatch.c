@@ -405,23 +405,12 @@ static mox_status_t place_ready(struct mox_req *req, dispatch_t *s)
             continue;
         s->pwait[l] = 0;
         int h = mox__topo_rank_at(&c->topo, c->node, l);
-        mox_status_t st = mox__treq_check(c, &s->plrecv[l], "moe place");
-        if (st != MOX_OK)
-            return st;
         const place_t *p = &s->plin[l];
         uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
-        if (s->plrecv[l].bytes != sizeof *p || p->magic != PLACE_MAGIC ||
-            p->seq != req->seq || p->rows != n ||
-            (p->use && (p->row_off > p->bytes / hb ||
-                        p->rows > p->bytes / hb - p->row_off)))
-            return mox__fail(c, MOX_ERR_PROTOCOL, "moe: malformed place "
-                             "message from rank %d (%zu bytes, %llu rows at "
-                             "row %llu of a %llu-byte buffer; %llu rows "
-                             "expected)", h, s->plrecv[l].bytes,
-                             (unsigned long long)p->rows,
-                             (unsigned long long)p->row_off,
-                             (unsigned long long)p->bytes,
-                             (unsigned long long)n);
+        mox_status_t st = mox__moe_check_place(c, &s->plrecv[l], p, req->seq,
+                                               n, hb, "moe dispatch");
+        if (st != MOX_OK)
+            return st;
         if (!p->use) {
             if ((st = send_split(req, s, h, m->hopiov.p)) != MOX_OK)
                 return st;

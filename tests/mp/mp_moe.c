@@ -127,29 +127,25 @@ static float f16_to_f(uint16_t h)
 }
 static uint16_t f_to_f16(float f)
 {
-    /* Round to nearest even by search among the codes of the exponents
-     * around f's; below 2^-14 that is the subnormals (exponent field 0),
-     * which earlier versions skipped for |f| < 2^-16 (flushing such expert
-     * rows to zero, so f16 combine checks failed on small values). */
-    uint16_t best = 0;
-    double bd = 1e30;
+    /* Round to nearest even in double (exact: a is a float, the scalings
+     * are powers of two): subnormals in units of 2^-24, normals with 10
+     * fraction bits; a carry to the next binade or into the normals is the
+     * right code as it stands. */
     uint16_t sign = f < 0 ? 0x8000 : 0;
     double a = fabs((double)f);
-    int e = a > 0 ? (int)floor(log2(a)) + 15 : 0;
-    int lo = e - 1 < 0 ? 0 : e - 1, hi = e + 1 < 0 ? 0 : e + 1;
-    for (int ee = lo; ee <= hi; ee++) {
-        if (ee > 30)
-            continue;
-        for (int m = 0; m < 1024; m++) {
-            uint16_t h = (uint16_t)(ee << 10 | m);
-            double d = fabs((double)f16_to_f(h) - a);
-            if (d < bd || (d == bd && !(h & 1))) {
-                bd = d;
-                best = h;
-            }
-        }
+    if (a < ldexp(1, -14))
+        return (uint16_t)(sign | (uint16_t)nearbyint(ldexp(a, 24)));
+    int e;
+    frexp(a, &e); /* a in [2^(e-1), 2^e) */
+    double q = nearbyint(ldexp(a, 11 - e)); /* in [1024, 2048] */
+    int E = e - 1 + 15;
+    if (q == 2048) {
+        q = 1024;
+        E++;
     }
-    return (uint16_t)(best | sign);
+    if (E >= 31)
+        return (uint16_t)(sign | 0x7c00);
+    return (uint16_t)(sign | (uint16_t)(E << 10 | ((int)q - 1024)));
 }
 
 static float x_value(int s, int t, int h)
