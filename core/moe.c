@@ -237,10 +237,15 @@ static mox_status_t shmbuf_create(struct mox_moe *m, const char *kind,
     if (fd < 0)
         return mox__fail(c, MOX_ERR_SYSTEM, "%s: shm_open(%s): %s", what,
                          name, strerror(errno));
+    /* posix_fallocate reserves the pages now: a full /dev/shm (containers
+     * often give it 64 MiB) is an error here, not a SIGBUS on first
+     * touch. */
     void *p = MAP_FAILED;
-    if (ftruncate(fd, (off_t)bytes) == 0)
+    int err = posix_fallocate(fd, 0, (off_t)bytes);
+    if (err == 0)
         p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
-    int err = errno;
+    if (err == 0 && p == MAP_FAILED)
+        err = errno;
     close(fd);
     if (p == MAP_FAILED) {
         shm_unlink(name);
