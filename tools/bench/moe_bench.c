@@ -88,7 +88,9 @@ static void usage(FILE *f)
         "larger direction, at G Gbit/s) or, on one node, / memcpy bound (record\n"
         "bytes delivered by all ranks / aggregate memcpy rate measured with all\n"
         "ranks copying at once). #wrong = wrong rows + wrong combined tokens.\n"
-        "Run under mpirun or tools/mox-run --mpi.\n");
+        "The implementations are timed in an order that rotates with the batch\n"
+        "size (the first one timed at a size runs slower) and printed in a\n"
+        "fixed one. Run under mpirun or tools/mox-run --mpi.\n");
 }
 
 static int parse_list(const char *s, int *out, int *n)
