@@ -175,6 +175,10 @@ mox_status_t mox_moe_create(mox_comm_t c, const mox_moe_config_t *g,
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     m->comm = c;
     m->id = c->moe_created++;
+    /* MOX_TEST_COMBINE_MESSAGES (tests only): as if shared memory could
+     * not be had, so combine takes the message path. Read once here, not
+     * on every combine. */
+    m->cbuf_failed = getenv("MOX_TEST_COMBINE_MESSAGES") != NULL;
     resolve(m, g);
     st = agree(m);
     if (st != MOX_OK) {
@@ -288,9 +292,7 @@ char *mox__moe_comb_area(struct mox_moe *m, size_t bytes)
 {
     if (m->cbuf.p && bytes <= m->cbuf.bytes)
         return m->cbuf.p;
-    /* MOX_TEST_COMBINE_MESSAGES (tests only): as if shared memory could
-     * not be had, so combine takes the message path. */
-    if (m->cbuf_failed || getenv("MOX_TEST_COMBINE_MESSAGES"))
+    if (m->cbuf_failed)
         return NULL;
     if (shmbuf_create(m, "c", &m->cbuf, bytes + bytes / 2 + 4096,
                       "moe combine area") != MOX_OK) {

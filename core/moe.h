@@ -112,7 +112,8 @@ struct mox_moe {
     /* Combine's receive area in shared memory, which local ranks write
      * their rows into; and the mappings of local peers' areas. */
     mox__shmbuf_t cbuf;
-    int cbuf_failed;        /* could not be made: combine uses messages */
+    int cbuf_failed;        /* could not be made (or a test said so):
+                               combine uses messages */
     mox__shmbuf_t *peer_cbuf; /* [L] */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */

@@ -503,9 +503,7 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
         memset(first, 0, (size_t)m->num_tokens * sizeof *first);
     mox_status_t st = MOX_OK;
     uint64_t htag = mox__tag(req->seq, STEP_HOP);
-    uint64_t ftag = mox__tag(req->seq, STEP_FWD);
     uint64_t xtag = mox__tag(req->seq, STEP_HIDDEN);
-    (void)ftag;
     for (int x = 0; x < m->P && st == MOX_OK; x++) {
         if (!m->hop_in[x])
             continue;
