@@ -72,6 +72,8 @@ typedef struct {
     uint64_t *slice_off;           /* [nsb+1] */
     uint32_t *slice_seg;           /* [nsb+1] */
     uint32_t nss;                  /* segments of the slice */
+    int rot_row, rot_b;            /* row messages start with this row's
+                                      blocks, slice block rot_b */
     uint32_t nsr, ncr;             /* messages from each row peer (nss, at
                                       least 1) and column peer (my block's
                                       segments, at least 1) */
@@ -88,6 +90,7 @@ typedef struct {
     char *pack1, *pack2;           /* sparse send staging */
     size_t *pack2_off;             /* [nss+1] */
     uint8_t *seg_done;             /* [nss] reduced over the row */
+    uint8_t *fin_done;             /* [my segments] result written */
     uint32_t *cursor;              /* [nsb] next segment to send its owner */
     mox__rsag_hdr_t hdr;
     unsigned char hdr_out[HDR];
@@ -139,6 +142,11 @@ static size_t bm_bytes(const rs_t *s, uint64_t len)
 }
 static int bit(const uint64_t *m, uint64_t i) { return (int)(m[i / 64] >> (i % 64)) & 1; }
 static void set_bit(uint64_t *m, uint64_t i) { m[i / 64] |= UINT64_C(1) << (i % 64); }
+/* The row message that comes first (and carries the header). */
+static uint32_t first_ss(const rs_t *s)
+{
+    return s->nss ? s->slice_seg[s->rot_b] % s->nss : 0;
+}
 /* Row-peer index of column l (skipping mine). */
 static int peer_idx(const rs_t *s, int l) { return l < s->g.col ? l : l - 1; }
 
@@ -337,59 +345,92 @@ static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
     return MOX_OK;
 }
 
-/* Everything arrived: reduce the column partials of my block in row
- * order and write the result. */
+/* Segment k of my block: reduce the column partials in row order and
+ * write the result (several rows). */
+static mox_status_t finish_seg(mox__comm_t *c, rs_t *s, uint32_t k)
+{
+    uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
+    uint64_t len = seg_len(s, s->me, k);
+    uint64_t off = (uint64_t)k * s->chunk;
+    const char *res = s->acc + (s->slice_off[s->my_b] + off) * s->asz;
+    char *f = s->fin + off * s->asz;
+    if (s->be)
+        memset(f, 0, len * s->asz);
+    for (int n = 0; n < s->g.N; n++) {
+        const char *src = res;
+        if (n != s->g.row) {
+            int ni = n < s->g.row ? n : n - 1;
+            const mox__treq_t *q = &s->col_recv[(size_t)ni * s->ncr + k];
+            src = s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[k];
+            mox_status_t st = s->be ? mox__treq_check(c, q,
+                                      "reduce_scatter receive")
+                                    : check_size(c, q, len * s->asz);
+            if (st == MOX_OK && s->be)
+                st = check_sparse(c, s, q, src, len, s->asz);
+            if (st != MOX_OK)
+                return st;
+            if (s->be) {
+                fold_sparse(s, f, NULL, 0, src, len, s->acc_t, s->asz);
+                continue;
+            }
+        }
+        if (s->be && n == s->g.row) {
+            uint64_t sb0 = (s->slice_off[s->my_b] + off) / s->be;
+            for (uint64_t b = 0; b < len / s->be; b++)
+                if (bit(s->acc_mask, sb0 + b))
+                    mox__reduce_apply(MOX_OP_SUM, s->acc_t,
+                                      f + b * s->be * s->asz, s->acc_t,
+                                      src + b * s->be * s->asz, s->be);
+        } else if (n == 0) {
+            memcpy(f, src, len * s->asz);
+        } else {
+            mox__reduce_apply(s->op, s->acc_t, f, s->acc_t, src, len);
+        }
+    }
+    mox__reduce_finish(s->op, s->dt, s->out + off * s->esz, f, len, s->P);
+    s->fin_done[k] = 1;
+    return MOX_OK;
+}
+
+/* Segments of my block whose partials are all here, as they come, so
+ * that the last reduction overlaps the network instead of following it
+ * (several rows). */
+static mox_status_t finish_ready(mox__comm_t *c, rs_t *s)
+{
+    if (s->g.N == 1)
+        return MOX_OK;
+    uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
+    for (uint32_t k = 0; k < nseg; k++) {
+        if (s->fin_done[k] || !s->seg_done[s->slice_seg[s->my_b] + k])
+            continue;
+        int ready = 1;
+        for (int ni = 0; ni < s->g.N - 1 && ready; ni++)
+            ready = s->col_hdr_ok[ni] &&
+                    s->col_recv[(size_t)ni * s->ncr + k].done;
+        if (!ready)
+            continue;
+        mox_status_t st = finish_seg(c, s, k);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
+/* Everything arrived: write what is left of the result. */
 static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
 {
     uint64_t cnt = s->count[s->me];
-    const char *res = s->acc + s->slice_off[s->my_b] * s->asz;
     if (s->g.N > 1) {
         uint32_t nseg = mox__rsag_nseg(cnt, s->chunk);
-        if (s->be)
-            memset(s->fin, 0, cnt * s->asz);
-        for (int n = 0; n < s->g.N; n++) {
-            for (uint32_t k = 0; k < nseg; k++) {
-                uint64_t len = seg_len(s, s->me, k);
-                char *f = s->fin + (uint64_t)k * s->chunk * s->asz;
-                const char *src;
-                if (n == s->g.row) {
-                    src = res + (uint64_t)k * s->chunk * s->asz;
-                } else {
-                    int ni = n < s->g.row ? n : n - 1;
-                    const mox__treq_t *q = &s->col_recv[(size_t)ni * s->ncr + k];
-                    src = s->rx2 + (size_t)ni * s->slot2[nseg] + s->slot2[k];
-                    mox_status_t st = s->be ? mox__treq_check(c, q,
-                                              "reduce_scatter receive")
-                                            : check_size(c, q, len * s->asz);
-                    if (st == MOX_OK && s->be)
-                        st = check_sparse(c, s, q, src, len, s->asz);
-                    if (st != MOX_OK)
-                        return st;
-                    if (s->be) {
-                        fold_sparse(s, f, NULL, 0, src, len, s->acc_t,
-                                    s->asz);
-                        continue;
-                    }
-                }
-                if (s->be && n == s->g.row) {
-                    uint64_t sb0 = (s->slice_off[s->my_b] +
-                                    (uint64_t)k * s->chunk) / s->be;
-                    for (uint64_t b = 0; b < len / s->be; b++)
-                        if (bit(s->acc_mask, sb0 + b))
-                            mox__reduce_apply(MOX_OP_SUM, s->acc_t,
-                                              f + b * s->be * s->asz,
-                                              s->acc_t,
-                                              src + b * s->be * s->asz,
-                                              s->be);
-                } else if (n == 0) {
-                    memcpy(f, src, len * s->asz);
-                } else {
-                    mox__reduce_apply(s->op, s->acc_t, f, s->acc_t, src, len);
-                }
-            }
+        for (uint32_t k = 0; k < nseg; k++) {
+            mox_status_t st = s->fin_done[k] ? MOX_OK : finish_seg(c, s, k);
+            if (st != MOX_OK)
+                return st;
         }
-        res = s->fin;
-    } else if (s->be) {
+        return MOX_OK;
+    }
+    const char *res = s->acc + s->slice_off[s->my_b] * s->asz;
+    if (s->be) {
         /* One row: blocks absent on every rank are still unset in acc. */
         for (uint64_t b = 0; b < cnt / s->be; b++)
             if (!bit(s->acc_mask, b))
@@ -403,12 +444,12 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
 static mox_status_t check_row_headers(mox__comm_t *c, rs_t *s)
 {
     for (int p = 0; p < s->g.L - 1; p++) {
-        mox__treq_t *q = &s->row_recv[(size_t)p * s->nsr];
+        mox__treq_t *q = &s->row_recv[(size_t)p * s->nsr + first_ss(s)];
         if (s->row_hdr_ok[p] || !q->done)
             continue;
         mox_status_t st = mox__rsag_recv_hdr(
             c, "reduce_scatter", q,
-            s->rx1 + (size_t)p * s->slot1[s->nss] + s->slot1[0] - HDR,
+            s->rx1 + (size_t)p * s->slot1[s->nss], /* area starts with it */
             &s->hdr);
         if (st != MOX_OK)
             return st;
@@ -513,7 +554,8 @@ static mox_status_t step(struct mox_req *req)
             return st;
         s->seg_done[ss] = 1;
     }
-    if ((st = send_column(c, s, mox__tag(req->seq, STEP_COL))) != MOX_OK)
+    if ((st = send_column(c, s, mox__tag(req->seq, STEP_COL))) != MOX_OK ||
+        (st = finish_ready(c, s)) != MOX_OK)
         return st;
     if (pending || !all_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
@@ -552,9 +594,10 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
             continue;
         int peer = rank_at(s, s->g.row, l), p = peer_idx(s, l);
         char *area = s->rx1 + (size_t)p * s->slot1[s->nss];
-        for (uint32_t ss = 0; ss < s->nsr && st == MOX_OK; ss++) {
+        for (uint32_t j = 0; j < s->nsr && st == MOX_OK; j++) {
+            uint32_t ss = s->nss ? (first_ss(s) + j) % s->nss : 0;
             size_t len = ss < s->nss ? s->slot1[ss + 1] - s->slot1[ss] : 0;
-            size_t hdr = ss ? 0 : HDR;
+            size_t hdr = j ? 0 : HDR;
             st = mox__irecv(c, peer, tag, area + s->slot1[ss] - hdr,
                             len + hdr, &s->row_recv[(size_t)p * s->nsr + ss]);
         }
@@ -567,8 +610,8 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
         int l = (s->g.col + d) % s->g.L;
         int peer = rank_at(s, s->g.row, l), h = peer_idx(s, l);
         size_t first = i;
-        for (int x = 0; x < s->P && st == MOX_OK; x++) {
-            int r = s->g.rank[x];
+        for (int j = 0; j < s->P && st == MOX_OK; j++) {
+            int r = s->g.rank[(s->g.first[s->rot_row] + j) % s->P];
             if (!in_slice(s, l, r))
                 continue;
             uint32_t nseg = mox__rsag_nseg(s->count[r], s->chunk);
@@ -650,6 +693,7 @@ static size_t layout(rs_t *s, char *base)
     PLACE(slot2, ((size_t)my_nseg + 1) * sizeof(size_t));
     PLACE(pack2_off, ((size_t)s->nss + 1) * sizeof(size_t));
     PLACE(seg_done, s->nss);
+    PLACE(fin_done, my_nseg);
     PLACE(row_hdr_ok, L - 1);
     PLACE(col_hdr_ok, N - 1);
     PLACE(hiov, (size_t)s->nslot * sizeof *s->hiov);
@@ -671,7 +715,8 @@ static size_t layout(rs_t *s, char *base)
     /* Receive areas: the header first, a bitmap before every sparse
      * segment. */
     size_t row_area = HDR, col_area = HDR, pack2 = 0;
-    for (int n = 0; n < s->nsb; n++) {
+    for (int j = 0; j < s->nsb; j++) {
+        int n = (s->rot_b + j) % s->nsb; /* in the order they are sent */
         int r = s->sb_rank[n];
         for (uint32_t k = 0; k < s->slice_seg[n + 1] - s->slice_seg[n]; k++) {
             uint64_t len = seg_len(s, r, k);
@@ -741,6 +786,14 @@ static void plan(rs_t *s)
         s->nsb++;
     }
     s->nss = s->slice_seg[s->nsb];
+    /* Row messages go in slice order starting at the next row's blocks:
+     * every row starts with a different destination row, so the first
+     * column sends spread over all links instead of all going to row 0. */
+    s->rot_row = (s->g.row + 1) % N;
+    s->rot_b = 0;
+    while (s->rot_b < s->nsb &&
+           s->g.row_of[s->sb_rank[s->rot_b]] < s->rot_row)
+        s->rot_b++;
     s->nslot = L - 1 + s->nsb - 1;
     s->n_row_send = 0;
     for (int l = 0; l < L; l++) {
