@@ -89,13 +89,15 @@ typedef enum {
       "about this many bytes (at most 8), so that its forwarding inside "     \
       "the destination node overlaps the transfer; same value on every rank") \
     X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",    \
-      "auto|flat|hier|rhalving", 0, 0,                                         \
+      "auto|flat|hier|rhalving|ring", 0, 0,                                    \
       "reduce-scatter algorithm: flat (direct, fixed rank order), hier (shm "  \
-      "inside nodes, then rail peers, pipelined) or rhalving (shm inside "     \
+      "inside nodes, then rail peers, pipelined), rhalving (shm inside "       \
       "nodes, then recursive halving among rail peers; all ranks on one or "   \
-      "uneven nodes); auto = rhalving across nodes up to MOX_RSAG_SMALL, "     \
-      "the shm collective area on one node up to MOX_SHM_SMALL, else hier "    \
-      "on nodes of any sizes, flat on one node")                               \
+      "uneven nodes) or ring (hier with a pipelined ring among rail peers "    \
+      "instead of direct sends; equal nodes, dense, else hier); auto = "       \
+      "rhalving across nodes up to MOX_RSAG_SMALL, the shm collective area "   \
+      "on one node up to MOX_SHM_SMALL, else ring on 3 or more equal nodes "   \
+      "(dense), hier on other nodes, flat on one node")                        \
     X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
       "auto|flat|hier|rdoubling", 0, 0,                                        \
       "allgather algorithm: flat (direct), hier (rail peers, then shm "        \

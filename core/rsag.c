@@ -120,6 +120,15 @@ void mox__rsag_hdr_encode_abort(const mox__rsag_hdr_t *h, void *buf)
     mox__rsag_hdr_encode(&a, buf);
 }
 
+int mox__rsag_is_abort(const void *buf, size_t len,
+                       const mox__rsag_hdr_t *mine)
+{
+    const unsigned char *p = buf;
+    return len == MOX_RSAG_HDR_BYTES && mox__get32(p) == HDR_MAGIC &&
+           mox__get32(p + 4) == MOX_RSAG_KIND_ABORT &&
+           mox__get64(p + 8) == mine->seq;
+}
+
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
                                  const void *buf, size_t len,
                                  const mox__rsag_hdr_t *mine)

@@ -14,7 +14,8 @@
 
 /* Values of MOX_REDUCE_SCATTER_ALGO / MOX_ALLGATHER_ALGO (LOG: rhalving
  * for reduce-scatter, rdoubling for allgather). */
-enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER, MOX_RSAG_LOG };
+enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER, MOX_RSAG_LOG,
+       MOX_RSAG_RING /* reduce-scatter only */ };
 
 /*
  * Ranks as an N x L grid: row n, column l is grid[n * L + l]. hier: rows
@@ -88,6 +89,8 @@ typedef struct {
     const uint64_t *blocks;  /* sparse: present blocks, ascending */
     uint64_t nblocks;
     int hier;                /* hier algorithm: node grid, else flat */
+    int ring;                /* hier on equal nodes, dense: ring among
+                                rail peers instead of direct sends */
     int node_grid;           /* rhalving: nodes x local ranks (equal
                                 nodes), else one column of all ranks */
 } mox__rs_args_t;
@@ -145,6 +148,12 @@ uint64_t mox__rsag_hash(uint32_t kind, int dtype, int op, uint64_t block,
 void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf);
 /* The same header with kind MOX_RSAG_KIND_ABORT. */
 void mox__rsag_hdr_encode_abort(const mox__rsag_hdr_t *h, void *buf);
+/* 1 when a message of `len` bytes at buf is an abort header of this
+ * collective (magic, kind, sequence): a ring rank sends one in place of
+ * its next data message when it gives up. Data that equals those 16
+ * bytes would be taken for one. */
+int mox__rsag_is_abort(const void *buf, size_t len,
+                       const mox__rsag_hdr_t *mine);
 /* Compare a received header with ours; MOX_ERR_MISMATCH (or
  * MOX_ERR_PROTOCOL for garbage) naming `peer` and this rank. */
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,

@@ -101,7 +101,16 @@ typedef struct {
     void **stage;                  /* [nslot] their copies, if any */
     mox__treq_t *t;
     mox__treq_t *row_recv, *row_send, *col_send, *col_recv;
-    size_t nt, n_row_send, n_col_send;
+    size_t nt, n_row_send, n_col_send, n_col_recv;
+    /* Ring column phase (MOX_REDUCE_SCATTER_ALGO=ring): see ring_send. */
+    int ring, next, prev;          /* column neighbours below and above */
+    size_t *rslot;                 /* [N] byte offset in rx2 of the block
+                                      received at step s */
+    uint32_t *rbase, *sbase;       /* [N] first data message of step s in
+                                      col_recv / col_send (after the
+                                      header, index 0) */
+    uint32_t ring_s, ring_k;       /* next send: step, segment */
+    uint32_t chk_s, chk_k;         /* next receive to check the size of */
     void *mem;                     /* buffers, one allocation */
     size_t zeroed;                 /* its first bytes that start at zero */
 } rs_t;
@@ -345,6 +354,131 @@ static mox_status_t send_column(mox__comm_t *c, rs_t *s, uint64_t tag)
     return MOX_OK;
 }
 
+/*
+ * Ring column phase, on N equal rows, dense only. Row r's rank of my
+ * column sends to row r+1 (next) and receives from row r-1 (prev), one
+ * header message and then, for steps s = 0 .. N-2, the segments of slice
+ * block (r-1-s) mod N: at step 0 its node-reduced block, later the partial
+ * it received at step s-1 for that block with its own contribution
+ * folded in (mine op partial). The partial received at step N-2 is of
+ * its own block, which it finishes. Each link carries one flow per
+ * column and the same bytes as the direct phase; partials of block b
+ * are reduced in the fixed order rows b+1, b+2, ..., b (mod N).
+ */
+static int ring_block(const rs_t *s, int d) /* block (row - d) mod N */
+{
+    return ((s->g.row - d) % s->g.N + s->g.N) % s->g.N;
+}
+static uint32_t block_nseg(const rs_t *s, int b)
+{
+    return s->slice_seg[b + 1] - s->slice_seg[b];
+}
+static char *ring_rx(const rs_t *s, uint32_t step, uint32_t k)
+{
+    return s->rx2 + s->rslot[step] + (size_t)k * s->chunk * s->asz;
+}
+
+/* Post every send that is ready, in the order the receiver posted its
+ * receives (step, then segment). */
+static mox_status_t ring_send(mox__comm_t *c, rs_t *s, uint64_t tag)
+{
+    while (s->ring_s + 1 < (uint32_t)s->g.N) {
+        int b = ring_block(s, 1 + (int)s->ring_s);
+        if (s->ring_k >= block_nseg(s, b)) {
+            s->ring_s++;
+            s->ring_k = 0;
+            continue;
+        }
+        uint32_t k = s->ring_k;
+        if (!s->seg_done[s->slice_seg[b] + k])
+            break;
+        uint64_t len = seg_len(s, s->sb_rank[b], k);
+        char *a = s->acc + (s->slice_off[b] + (uint64_t)k * s->chunk) * s->asz;
+        if (s->ring_s > 0) {
+            const mox__treq_t *q =
+                &s->col_recv[1 + s->rbase[s->ring_s - 1] + k];
+            if (!s->col_hdr_ok[0] || !q->done)
+                break;
+            mox_status_t st = check_size(c, q, len * s->asz);
+            if (st != MOX_OK)
+                return st;
+            mox__reduce_apply(s->op, s->acc_t, a, s->acc_t,
+                              ring_rx(s, s->ring_s - 1, k), len);
+        }
+        mox_status_t st = mox__isend(c, s->next, tag, a, len * s->asz,
+                                     &s->col_send[1 + s->sbase[s->ring_s] + k]);
+        if (st != MOX_OK)
+            return st;
+        s->ring_k++;
+    }
+    return MOX_OK;
+}
+
+/* Check the size of every data message from prev as it arrives: a rank
+ * that failed sends its abort header in place of its next data message,
+ * and this rank then fails at once and passes the abort on, instead of
+ * waiting until that message's step comes. */
+static mox_status_t ring_check_recvs(mox__comm_t *c, rs_t *s)
+{
+    if (!s->col_hdr_ok[0])
+        return MOX_OK;
+    while (s->chk_s + 1 < (uint32_t)s->g.N) {
+        int b = ring_block(s, 2 + (int)s->chk_s);
+        if (s->chk_k >= block_nseg(s, b)) {
+            s->chk_s++;
+            s->chk_k = 0;
+            continue;
+        }
+        const mox__treq_t *q = &s->col_recv[1 + s->rbase[s->chk_s] + s->chk_k];
+        if (!q->done)
+            break;
+        const char *buf = ring_rx(s, s->chk_s, s->chk_k);
+        if (q->status == MOX_OK && mox__rsag_is_abort(buf, q->bytes, &s->hdr))
+            return mox__rsag_hdr_check(c, "reduce_scatter", q->peer, buf,
+                                       q->bytes, &s->hdr);
+        mox_status_t st = check_size(c, q, seg_len(s, s->sb_rank[b], s->chk_k) *
+                                               s->asz);
+        if (st != MOX_OK)
+            return st;
+        s->chk_k++;
+    }
+    return MOX_OK;
+}
+
+/* Segment k of my block: its last partial is in. */
+static mox_status_t ring_finish_seg(mox__comm_t *c, rs_t *s, uint32_t k)
+{
+    uint32_t last = (uint32_t)s->g.N - 2;
+    uint64_t len = seg_len(s, s->me, k);
+    uint64_t off = (uint64_t)k * s->chunk;
+    const mox__treq_t *q = &s->col_recv[1 + s->rbase[last] + k];
+    mox_status_t st = check_size(c, q, len * s->asz);
+    if (st != MOX_OK)
+        return st;
+    char *f = s->fin + off * s->asz;
+    const char *mine = s->acc + (s->slice_off[s->my_b] + off) * s->asz;
+    memcpy(f, mine, len * s->asz);
+    mox__reduce_apply(s->op, s->acc_t, f, s->acc_t, ring_rx(s, last, k), len);
+    mox__reduce_finish(s->op, s->dt, s->out + off * s->esz, f, len, s->P);
+    s->fin_done[k] = 1;
+    return MOX_OK;
+}
+
+static mox_status_t ring_finish_ready(mox__comm_t *c, rs_t *s)
+{
+    uint32_t last = (uint32_t)s->g.N - 2;
+    for (uint32_t k = 0; k < block_nseg(s, s->my_b); k++) {
+        if (s->fin_done[k] || !s->col_hdr_ok[0] ||
+            !s->seg_done[s->slice_seg[s->my_b] + k] ||
+            !s->col_recv[1 + s->rbase[last] + k].done)
+            continue;
+        mox_status_t st = ring_finish_seg(c, s, k);
+        if (st != MOX_OK)
+            return st;
+    }
+    return MOX_OK;
+}
+
 /* Segment k of my block: reduce the column partials in row order and
  * write the result (several rows). */
 static mox_status_t finish_seg(mox__comm_t *c, rs_t *s, uint32_t k)
@@ -399,6 +533,10 @@ static mox_status_t finish_ready(mox__comm_t *c, rs_t *s)
 {
     if (s->g.N == 1)
         return MOX_OK;
+    if (s->ring) {
+        mox_status_t st = ring_check_recvs(c, s);
+        return st != MOX_OK ? st : ring_finish_ready(c, s);
+    }
     uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
     for (uint32_t k = 0; k < nseg; k++) {
         if (s->fin_done[k] || !s->seg_done[s->slice_seg[s->my_b] + k])
@@ -423,7 +561,9 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
     if (s->g.N > 1) {
         uint32_t nseg = mox__rsag_nseg(cnt, s->chunk);
         for (uint32_t k = 0; k < nseg; k++) {
-            mox_status_t st = s->fin_done[k] ? MOX_OK : finish_seg(c, s, k);
+            mox_status_t st = s->fin_done[k] ? MOX_OK
+                              : s->ring    ? ring_finish_seg(c, s, k)
+                                           : finish_seg(c, s, k);
             if (st != MOX_OK)
                 return st;
         }
@@ -462,6 +602,16 @@ static mox_status_t check_row_headers(mox__comm_t *c, rs_t *s)
  * come (a mismatch shows at once, not after every chunk). */
 static mox_status_t check_col_headers(mox__comm_t *c, rs_t *s)
 {
+    if (s->ring) {
+        mox__treq_t *q = &s->col_recv[0];
+        if (s->g.N == 1 || s->col_hdr_ok[0] || !q->done)
+            return MOX_OK;
+        mox_status_t st = mox__rsag_recv_hdr(c, "reduce_scatter", q, s->rx2,
+                                             &s->hdr);
+        if (st == MOX_OK)
+            s->col_hdr_ok[0] = 1;
+        return st;
+    }
     uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
     for (int ni = 0; ni < s->g.N - 1; ni++) {
         mox__treq_t *q = &s->col_recv[(size_t)ni * s->ncr];
@@ -498,6 +648,27 @@ static size_t col_first(const rs_t *s, int b)
 static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                                        rs_t *s, mox_status_t err)
 {
+    if (s->err == MOX_OK && s->ring) {
+        /* My header went first; the next rank gets the abort header in
+         * place of the data it waits for, and names the mismatch. */
+        s->err = err;
+        mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
+        while (s->ring_s + 1 < (uint32_t)s->g.N &&
+               s->ring_k >= block_nseg(s, ring_block(s, 1 + (int)s->ring_s))) {
+            s->ring_s++;
+            s->ring_k = 0;
+        }
+        if (s->ring_s + 1 < (uint32_t)s->g.N)
+            (void)mox__isend(c, s->next, mox__tag(req->seq, STEP_COL),
+                             s->hdr_abort, HDR,
+                             &s->col_send[1 + s->sbase[s->ring_s] + s->ring_k]);
+    }
+    if (s->ring) {
+        for (size_t i = 0; i < s->n_col_send; i++)
+            if (s->col_send[i].posted && !s->col_send[i].done)
+                return MOX_IN_PROGRESS;
+        return s->err;
+    }
     if (s->err == MOX_OK) {
         s->err = err;
         mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
@@ -554,7 +725,9 @@ static mox_status_t step(struct mox_req *req)
             return st;
         s->seg_done[ss] = 1;
     }
-    if ((st = send_column(c, s, mox__tag(req->seq, STEP_COL))) != MOX_OK ||
+    uint64_t col_tag = mox__tag(req->seq, STEP_COL);
+    if ((st = s->ring ? ring_send(c, s, col_tag)
+                      : send_column(c, s, col_tag)) != MOX_OK ||
         (st = finish_ready(c, s)) != MOX_OK)
         return st;
     if (pending || !all_done(s->t, s->nt))
@@ -642,6 +815,25 @@ static mox_status_t post_initial(struct mox_req *req, rs_t *s)
                                      s->hiov[h], &s->stage[h],
                                      &s->row_send[i++]);
     }
+    if (s->ring) {
+        /* The header alone to the next row, then the partials from the
+         * previous row, step by step. */
+        uint64_t ctag = mox__tag(req->seq, STEP_COL);
+        int h = s->g.L - 1;
+        if (st == MOX_OK)
+            st = mox__rsag_isend_hdr(c, s->next, ctag, s->hdr_out, NULL, 0,
+                                     s->hiov[h], &s->stage[h], &s->col_send[0]);
+        if (st == MOX_OK)
+            st = mox__irecv(c, s->prev, ctag, s->rx2, HDR, &s->col_recv[0]);
+        for (int st_i = 0; st_i + 1 < s->g.N && st == MOX_OK; st_i++) {
+            int b = ring_block(s, 2 + st_i);
+            for (uint32_t k = 0; k < block_nseg(s, b) && st == MOX_OK; k++)
+                st = mox__irecv(c, s->prev, ctag, ring_rx(s, (uint32_t)st_i, k),
+                                seg_len(s, s->sb_rank[b], k) * s->asz,
+                                &s->col_recv[1 + s->rbase[st_i] + k]);
+        }
+        return st;
+    }
     /* Column partials of my block, from every other row. */
     uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
     for (int n = 0; n < s->g.N && st == MOX_OK; n++) {
@@ -696,6 +888,9 @@ static size_t layout(rs_t *s, char *base)
     PLACE(fin_done, my_nseg);
     PLACE(row_hdr_ok, L - 1);
     PLACE(col_hdr_ok, N - 1);
+    PLACE(rslot, s->ring ? (size_t)N * sizeof(size_t) : 0);
+    PLACE(rbase, s->ring ? (size_t)N * sizeof(uint32_t) : 0);
+    PLACE(sbase, s->ring ? (size_t)N * sizeof(uint32_t) : 0);
     PLACE(hiov, (size_t)s->nslot * sizeof *s->hiov);
     PLACE(stage, (size_t)s->nslot * sizeof *s->stage);
     if (s->be) {
@@ -741,7 +936,26 @@ static size_t layout(rs_t *s, char *base)
         s->pack2_off[s->nss] = pack2;
     }
     PLACE(rx1, (size_t)(L - 1) * row_area);
-    PLACE(rx2, (size_t)(N - 1) * col_area);
+    if (s->ring) {
+        /* The header, then the block received at each step. */
+        col_area = 64;
+        uint32_t rb = 0, sb = 0;
+        for (int x = 0; x + 1 < N; x++) {
+            int b = ring_block(s, 2 + x);
+            if (base) {
+                s->rslot[x] = col_area;
+                s->rbase[x] = rb;
+                s->sbase[x] = sb;
+            }
+            col_area += ((size_t)s->count[s->sb_rank[b]] * s->asz + 63) &
+                        ~(size_t)63;
+            rb += block_nseg(s, b);
+            sb += block_nseg(s, ring_block(s, 1 + x));
+        }
+        PLACE(rx2, col_area);
+    } else {
+        PLACE(rx2, (size_t)(N - 1) * col_area);
+    }
     if (s->be) {
         /* My sparse row sends: at most bitmap + data for every block of
          * every other column. */
@@ -809,8 +1023,17 @@ static void plan(rs_t *s)
             s->n_col_send += nmsg(s->slice_seg[b + 1] - s->slice_seg[b]);
     s->nsr = nmsg(s->nss);
     s->ncr = nmsg(mox__rsag_nseg(s->count[s->me], s->chunk));
+    s->n_col_recv = (size_t)(N - 1) * s->ncr;
+    if (s->ring) {
+        /* One header each way, then the data of every step. */
+        s->n_col_send = s->n_col_recv = 1;
+        for (int x = 0; x + 1 < N; x++) {
+            s->n_col_send += block_nseg(s, ring_block(s, 1 + x));
+            s->n_col_recv += block_nseg(s, ring_block(s, 2 + x));
+        }
+    }
     s->nt = (size_t)(L - 1) * s->nsr + s->n_row_send + s->n_col_send +
-            (size_t)(N - 1) * s->ncr;
+            s->n_col_recv;
 }
 
 
@@ -855,6 +1078,13 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
         total += a->counts[r];
     }
     s->chunk = mox__rsag_chunk(c, s->asz, s->be);
+    s->ring = a->ring && a->hier && !s->be && s->g.N > 1 &&
+              mox__grid_nodes_equal(c);
+    if (s->ring) {
+        int N = s->g.N;
+        s->next = rank_at(s, (s->g.row + 1) % N, s->g.col);
+        s->prev = rank_at(s, (s->g.row + N - 1) % N, s->g.col);
+    }
     /* The last accumulation can go straight into `out` when it has the
      * accumulator's type and overlaps no input: no copy at the end. */
     uintptr_t o = (uintptr_t)s->out, i = (uintptr_t)s->in;
