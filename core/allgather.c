@@ -103,7 +103,7 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
                          "this rank's block is already in recvbuf");
     mox__ag_args_t a = {in_place ? (const char *)recvbuf + displs[c->rank] * esz
                                  : sendbuf,
-                        recvbuf, recvcounts, displs, dtype, 0};
+                        recvbuf, recvcounts, displs, dtype, 0, 0};
     /* The blocks do not overlap, so their sum is at most `extent`. */
     uint64_t total = 0;
     for (int r = 0; r < c->size; r++)
@@ -131,9 +131,19 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
      * column of all ranks. Not hier: one row of all ranks (flat). */
     a.hier = c->topo.num_nodes > 1 &&
              (log ? mox__grid_nodes_equal(c) : algo != MOX_RSAG_FLAT);
+    /* ring: the pipelined algorithm with a ring among rail peers across
+     * nodes, on equal nodes; auto from 3 nodes up (on 2 it is the direct
+     * exchange). */
+    a.ring = a.hier && !shm && !log && mox__grid_nodes_equal(c) &&
+             (algo == MOX_RSAG_RING ||
+              (algo == MOX_RSAG_AUTO && c->topo.num_nodes >= 3));
+    if (algo == MOX_RSAG_RING && !a.ring)
+        MOX_DEBUG("allgather", "ring needs several nodes of equal size; "
+                  "using hier");
     struct mox_req *req;
     st = mox__req_new(c, shm      ? "allgather_shm"
                          : log    ? "allgather_rdoubling"
+                         : a.ring ? "allgather_ring"
                          : a.hier ? "allgather_hier"
                                   : "allgather_flat",
                       &req);

@@ -99,13 +99,14 @@ typedef enum {
       "on one node up to MOX_SHM_SMALL, else ring on 3 or more equal nodes "   \
       "(dense), hier on other nodes, flat on one node")                        \
     X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
-      "auto|flat|hier|rdoubling", 0, 0,                                        \
+      "auto|flat|hier|rdoubling|ring", 0, 0,                                   \
       "allgather algorithm: flat (direct), hier (rail peers, then shm "        \
-      "forwarding, pipelined) or rdoubling (recursive doubling among rail "    \
-      "peers, then shm; all ranks on one or uneven nodes); auto = rdoubling "  \
-      "across nodes up to MOX_RSAG_SMALL, the shm collective area on one "     \
-      "node up to MOX_SHM_SMALL, else hier on nodes of any sizes, flat on "    \
-      "one node")                                                              \
+      "forwarding, pipelined), rdoubling (recursive doubling among rail "      \
+      "peers, then shm; all ranks on one or uneven nodes) or ring (hier "      \
+      "with a pipelined ring among rail peers; equal nodes, else hier); "      \
+      "auto = rdoubling across nodes up to MOX_RSAG_SMALL, the shm "           \
+      "collective area on one node up to MOX_SHM_SMALL, else ring on 3 or "    \
+      "more equal nodes, hier on other nodes, flat on one node")               \
     X(rsag_small, "MOX_RSAG_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,              \
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \

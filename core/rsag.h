@@ -15,7 +15,7 @@
 /* Values of MOX_REDUCE_SCATTER_ALGO / MOX_ALLGATHER_ALGO (LOG: rhalving
  * for reduce-scatter, rdoubling for allgather). */
 enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER, MOX_RSAG_LOG,
-       MOX_RSAG_RING /* reduce-scatter only */ };
+       MOX_RSAG_RING };
 
 /*
  * Ranks as an N x L grid: row n, column l is grid[n * L + l]. hier: rows
@@ -101,6 +101,7 @@ typedef struct {
     const uint64_t *counts, *displs; /* [P] */
     mox_dtype_t dtype;
     int hier;
+    int ring;                /* hier on equal nodes: ring among rail peers */
 } mox__ag_args_t;
 
 mox_status_t mox__reduce_scatter_hier(struct mox_req *req,

@@ -32,6 +32,7 @@
 #include "core/dtype.h"
 #include "core/rsag.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -77,12 +78,25 @@ typedef struct {
     int *row_first;             /* [L] first nonempty block of a row peer's
                                    slice, or -1 */
     mox_status_t err;           /* a first message failed */
+    char err_msg[sizeof ((mox__comm_t *)0)->last_error]; /* its message,
+                                   restored when err is returned (a peer
+                                   leaving meanwhile overwrites it) */
     char *stage;                /* first messages received */
     char *tx_col, *tx_row;      /* first messages sent: HDR + first */
     mox__rsag_hdr_t hdr;
     unsigned char hdr_out[HDR];
     mox__treq_t *t, *col_send, *col_recv, *row_send, *row_recv;
     size_t nt, n_col_recv, n_col_send, n_row_send, n_row_recv;
+    /* Ring across rows (see ring_send): header from prev, its state. */
+    int ring, next, prev;
+    uint8_t ring_ok;
+    int abort_sent;
+    size_t ring_slot;           /* prev's header in `stage` */
+    uint32_t *rbase, *sbase;    /* [N] first data message of step s in
+                                   col_recv / col_send (after index 0) */
+    uint32_t ring_s, ring_k;    /* next send: step, chunk */
+    uint32_t chk_s, chk_k;      /* next receive to check */
+    unsigned char hdr_abort[HDR];
     void *mem;
 } ag_t;
 
@@ -198,6 +212,115 @@ static mox_status_t take_first(mox__comm_t *c, ag_t *s, mox__treq_t *q,
     return MOX_OK;
 }
 
+/*
+ * Ring across rows (MOX_ALLGATHER_ALGO=ring; equal rows): the mirror of
+ * the reduce-scatter ring. Rank (r, col) sends only to (r+1, col) (next)
+ * and receives only from (r-1, col) (prev): a header message, then for
+ * steps s = 0 .. N-2 the chunks of slice block (r-s) mod N, its own at
+ * step 0 and later the block it received at step s-1, each chunk as soon
+ * as it is here. Received chunks land in place and are forwarded to the
+ * row as in the direct algorithm. A rank that gives up sends an abort
+ * header in place of its next data message.
+ */
+static int ring_block(const ag_t *s, int d) /* slice block (row - d) mod N */
+{
+    return ((s->g.row - d) % s->g.N + s->g.N) % s->g.N;
+}
+static uint32_t block_nseg(const ag_t *s, int b)
+{
+    return s->slice_seg[b + 1] - s->slice_seg[b];
+}
+static char *block_at(const ag_t *s, int b, uint32_t k)
+{
+    return s->out + (s->displ[s->sb_rank[b]] + (uint64_t)k * s->chunk) * s->esz;
+}
+/* Receive (step, k) is here and checked. */
+static int ring_have(const ag_t *s, uint32_t step, uint32_t k)
+{
+    return step < s->chk_s || (step == s->chk_s && k < s->chk_k);
+}
+
+/* Check every data message from prev as it arrives: its size, and
+ * whether it is an abort header. */
+static mox_status_t ring_check_recvs(mox__comm_t *c, ag_t *s)
+{
+    if (s->ring_ok != HDR_OK)
+        return MOX_OK;
+    while (s->chk_s + 1 < (uint32_t)s->g.N) {
+        int b = ring_block(s, 1 + (int)s->chk_s);
+        if (s->chk_k >= block_nseg(s, b)) {
+            s->chk_s++;
+            s->chk_k = 0;
+            continue;
+        }
+        const mox__treq_t *q = &s->col_recv[1 + s->rbase[s->chk_s] + s->chk_k];
+        if (!q->done)
+            break;
+        const char *at = block_at(s, b, s->chk_k);
+        if (q->status == MOX_OK && mox__rsag_is_abort(at, q->bytes, &s->hdr))
+            return mox__rsag_hdr_check(c, "allgather", q->peer, at, q->bytes,
+                                       &s->hdr);
+        mox_status_t st = check_recv(c, q, seg_len(s, s->sb_rank[b], s->chk_k) *
+                                               s->esz);
+        if (st != MOX_OK)
+            return st;
+        s->chk_k++;
+    }
+    return MOX_OK;
+}
+
+/* Pass on every chunk received from prev that is here, in order. */
+static mox_status_t ring_send(mox__comm_t *c, ag_t *s, uint64_t tag)
+{
+    while (s->ring_s + 1 < (uint32_t)s->g.N) {
+        int b = ring_block(s, (int)s->ring_s);
+        if (s->ring_k >= block_nseg(s, b)) {
+            s->ring_s++;
+            s->ring_k = 0;
+            continue;
+        }
+        /* block b came in at step ring_s - 1 */
+        if (!ring_have(s, s->ring_s - 1, s->ring_k))
+            break;
+        mox_status_t st = mox__isend(
+            c, s->next, tag, block_at(s, b, s->ring_k),
+            seg_len(s, s->sb_rank[b], s->ring_k) * s->esz,
+            &s->col_send[1 + s->sbase[s->ring_s] + s->ring_k]);
+        if (st != MOX_OK)
+            return st;
+        s->ring_k++;
+    }
+    return MOX_OK;
+}
+
+/* After a failure: the abort header in place of my next data message, so
+ * that next fails too instead of waiting for it. */
+static void ring_abort(mox__comm_t *c, ag_t *s, uint64_t tag)
+{
+    if (s->abort_sent)
+        return;
+    s->abort_sent = 1;
+    while (s->ring_s + 1 < (uint32_t)s->g.N &&
+           s->ring_k >= block_nseg(s, ring_block(s, (int)s->ring_s))) {
+        s->ring_s++;
+        s->ring_k = 0;
+    }
+    if (s->ring_s + 1 >= (uint32_t)s->g.N)
+        return;
+    mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
+    (void)mox__isend(c, s->next, tag, s->hdr_abort, HDR,
+                     &s->col_send[1 + s->sbase[s->ring_s] + s->ring_k]);
+}
+
+/* Keep the first failure and its message. */
+static void set_err(mox__comm_t *c, ag_t *s, mox_status_t st)
+{
+    if (s->err == MOX_OK || (st == MOX_ERR_MISMATCH && s->err != st)) {
+        s->err = st;
+        snprintf(s->err_msg, sizeof s->err_msg, "%s", c->last_error);
+    }
+}
+
 /* One peer's first message, if here and not yet looked at: HDR_OK or
  * HDR_BAD (the error recorded in s->err). */
 static void check_first(mox__comm_t *c, ag_t *s, mox__treq_t *q,
@@ -209,7 +332,7 @@ static void check_first(mox__comm_t *c, ag_t *s, mox__treq_t *q,
     mox_status_t st = take_first(c, s, q, slot, x, dst);
     *state = st == MOX_OK ? HDR_OK : HDR_BAD;
     if (st != MOX_OK)
-        s->err = st; /* the comm's message is this one's */
+        set_err(c, s, st);
 }
 
 /*
@@ -229,9 +352,16 @@ static void check_first(mox__comm_t *c, ag_t *s, mox__treq_t *q,
 static mox_status_t check_headers(mox__comm_t *c, ag_t *s)
 {
     int waiting = 0;
-    for (int d = 0; d < s->g.N - 1; d++)
+    if (s->ring) {
+        mox__treq_t *q = &s->col_recv[0];
+        check_first(c, s, q, s->stage + s->ring_slot, stream_of(0, 0), NULL,
+                    &s->ring_ok);
+        waiting |= !s->col_send[0].done || !q->done ||
+                   (s->abort_sent && !all_done(s->col_send, s->n_col_send));
+    }
+    for (int d = 0; d < s->g.N - 1 && !s->ring; d++)
         waiting |= !s->col_send[(size_t)d * msgs(s->col_out)].done;
-    for (int b = 0; b < s->nsb; b++) {
+    for (int b = 0; b < s->nsb && !s->ring; b++) {
         if (b == s->my_b)
             continue;
         mox__treq_t *q = &s->col_recv[s->col_base[b]];
@@ -249,7 +379,9 @@ static mox_status_t check_headers(mox__comm_t *c, ag_t *s)
                     &s->row_ok[l]);
         waiting |= s->g.N == 1 && !q->done;
     }
-    return waiting ? MOX_OK : s->err;
+    if (waiting || s->err == MOX_OK)
+        return MOX_OK;
+    return mox__fail(c, s->err, "%s", s->err_msg);
 }
 
 /* Slice chunk cs: slice block and chunk; whether it is here; where. */
@@ -265,6 +397,13 @@ static int seg_ready(mox__comm_t *c, ag_t *s, uint32_t cs, int *b,
     if (i == s->my_b) {
         *at = s->src + (uint64_t)*k * s->chunk * s->esz;
         return 1;
+    }
+    if (s->ring) {
+        /* block i comes in at step (row - 1 - i) mod N, checked there */
+        uint32_t step = (uint32_t)((s->g.row - 1 - i + 2 * s->g.N) % s->g.N);
+        *at = s->out + (s->displ[r] + (uint64_t)*k * s->chunk) * s->esz;
+        (void)c;
+        return ring_have(s, step, *k);
     }
     if (s->col_ok[i] != HDR_OK)
         return 0;
@@ -344,10 +483,26 @@ static mox_status_t progress(struct mox_req *req)
     mox_status_t st = s->start_error;
     if (st != MOX_OK)
         return st;
-    if ((st = check_headers(c, s)) != MOX_OK)
+    if (s->ring && s->err == MOX_OK) {
+        st = ring_check_recvs(c, s);
+        if (st != MOX_OK && st != MOX_ERR_MISMATCH && st != MOX_ERR_PROTOCOL)
+            return st;
+        if (st != MOX_OK)
+            set_err(c, s, st);
+    }
+    st = check_headers(c, s);
+    if (s->ring && s->err != MOX_OK && !s->abort_sent) {
+        /* check_headers waits for it to go out before it reports */
+        ring_abort(c, s, mox__tag(req->seq, STEP_COL));
+        return MOX_IN_PROGRESS;
+    }
+    if (st != MOX_OK)
         return st;
     if (s->err != MOX_OK)
         return MOX_IN_PROGRESS; /* reported by check_headers when due */
+    if (s->ring && (st = ring_send(c, s, mox__tag(req->seq, STEP_COL))) !=
+                       MOX_OK)
+        return st;
     if ((st = forward(c, s, mox__tag(req->seq, STEP_ROW))) != MOX_OK)
         return st;
     if (s->fwd < s->slice_seg[s->nsb] || !all_done(s->t, s->nt))
@@ -390,9 +545,29 @@ static mox_status_t post_initial(struct mox_req *req, ag_t *s)
     mox_status_t st = MOX_OK;
     int N = s->g.N, L = s->g.L;
     /* Across rows: receive the blocks I handle, send mine to my handler
-     * on every other row. */
+     * on every other row (ring: to next, from prev, step by step). */
     uint64_t tag = mox__tag(req->seq, STEP_COL);
-    for (int b = 0; b < s->nsb && st == MOX_OK; b++)
+    if (s->ring) {
+        st = mox__irecv(c, s->prev, tag, s->stage + s->ring_slot, HDR,
+                        &s->col_recv[0]);
+        for (int x = 0; x + 1 < N && st == MOX_OK; x++) {
+            int b = ring_block(s, 1 + x);
+            for (uint32_t k = 0; k < block_nseg(s, b) && st == MOX_OK; k++)
+                st = mox__irecv(c, s->prev, tag, block_at(s, b, k),
+                                seg_len(s, s->sb_rank[b], k) * s->esz,
+                                &s->col_recv[1 + s->rbase[x] + k]);
+        }
+        if (st == MOX_OK)
+            st = mox__isend(c, s->next, tag, s->hdr_out, HDR, &s->col_send[0]);
+        for (uint32_t k = 0; k < s->col_out.nseg && st == MOX_OK; k++)
+            st = mox__isend(c, s->next, tag,
+                            s->src + (uint64_t)k * s->chunk * s->esz,
+                            seg_len(s, s->me, k) * s->esz,
+                            &s->col_send[1 + k]);
+        s->ring_s = 1;
+        s->ring_k = 0;
+    }
+    for (int b = 0; b < s->nsb && st == MOX_OK && !s->ring; b++)
         if (b != s->my_b)
             st = post_stream_recv(c, s, s->sb_rank[b], tag, s->col_in[b],
                                   s->stage + s->col_slot[b],
@@ -401,7 +576,7 @@ static mox_status_t post_initial(struct mox_req *req, ag_t *s)
     if (s->col_out.first)
         memcpy(s->tx_col + HDR, s->src, s->col_out.first);
     size_t is = 0;
-    for (int d = 1; d < N && st == MOX_OK; d++) {
+    for (int d = 1; d < N && st == MOX_OK && !s->ring; d++) {
         int n = (s->g.row + d) % N;
         int r = rank_at(s, n, s->g.col % row_len(s, n));
         st = mox__isend(c, r, tag, s->tx_col, HDR + s->col_out.first,
@@ -451,6 +626,8 @@ static size_t layout(ag_t *s, char *base)
     PLACE(col_ok, B);
     PLACE(row_ok, L);
     PLACE(row_first, (size_t)L * sizeof(int));
+    PLACE(rbase, s->ring ? (size_t)s->g.N * sizeof(uint32_t) : 0);
+    PLACE(sbase, s->ring ? (size_t)s->g.N * sizeof(uint32_t) : 0);
     PLACE(tx_col, HDR + s->col_out.first);
     PLACE(tx_row, HDR + s->row_out.first);
     size_t stage = 0, nr = 0;
@@ -463,12 +640,29 @@ static size_t layout(ag_t *s, char *base)
             s->col_base[b] = nr;
             s->col_slot[b] = stage;
         }
-        if (b != s->my_b) {
+        if (b != s->my_b && !s->ring) {
             nr += msgs(x);
             stage += (HDR + x.first + 7) & ~(size_t)7;
         }
     }
     s->n_col_recv = nr;
+    s->n_col_send = (size_t)(s->g.N - 1) * msgs(s->col_out);
+    if (s->ring) {
+        /* a header each way, then every step's chunks */
+        uint32_t rb = 0, sb = 0;
+        for (int x = 0; x + 1 < s->g.N; x++) {
+            if (base) {
+                s->rbase[x] = rb;
+                s->sbase[x] = sb;
+            }
+            rb += block_nseg(s, ring_block(s, 1 + x));
+            sb += block_nseg(s, ring_block(s, x));
+        }
+        s->n_col_recv = 1 + rb;
+        s->n_col_send = 1 + sb;
+        s->ring_slot = stage;
+        stage += HDR;
+    }
     nr = 0;
     for (int l = 0; l < L; l++) {
         int first;
@@ -485,7 +679,6 @@ static size_t layout(ag_t *s, char *base)
         }
     }
     s->n_row_recv = nr;
-    s->n_col_send = (size_t)(s->g.N - 1) * msgs(s->col_out);
     s->n_row_send = (size_t)(L - 1) * msgs(s->row_out);
     s->nt = s->n_col_recv + s->n_col_send + s->n_row_send + s->n_row_recv;
     PLACE(stage, stage);
@@ -540,6 +733,12 @@ mox_status_t mox__allgather_hier(struct mox_req *req,
     memcpy(s->count, a->counts, (size_t)P * sizeof(uint64_t));
     memcpy(s->displ, a->displs, (size_t)P * sizeof(uint64_t));
     s->chunk = mox__rsag_chunk(c, s->esz, 1);
+    s->ring = a->ring && a->hier && s->g.N > 1 && mox__grid_nodes_equal(c);
+    if (s->ring) {
+        int N = s->g.N;
+        s->next = rank_at(s, (s->g.row + 1) % N, s->g.col);
+        s->prev = rank_at(s, (s->g.row + N - 1) % N, s->g.col);
+    }
     plan_slice(s);
     int first;
     s->col_out = stream_of(mox__rsag_nseg(s->count[s->me], s->chunk),

@@ -34,6 +34,7 @@
 #include "core/rsag.h"
 #include "core/scratch.h"
 
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -49,6 +50,9 @@ typedef struct {
     mox_status_t start_error;
     mox_status_t err;              /* a failed header: reported once my
                                       first messages are out */
+    char err_msg[sizeof ((mox__comm_t *)0)->last_error]; /* its message,
+                                      restored then (a peer leaving
+                                      meanwhile overwrites it) */
     mox__rows_t g;
     int nsb, my_b, nslot;          /* slice blocks; mine among them; header
                                       slots (L-1 + nsb-1) */
@@ -648,6 +652,8 @@ static size_t col_first(const rs_t *s, int b)
 static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                                        rs_t *s, mox_status_t err)
 {
+    if (s->err == MOX_OK)
+        snprintf(s->err_msg, sizeof s->err_msg, "%s", c->last_error);
     if (s->err == MOX_OK && s->ring) {
         /* My header went first; the next rank gets the abort header in
          * place of the data it waits for, and names the mismatch. */
@@ -667,7 +673,7 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
         for (size_t i = 0; i < s->n_col_send; i++)
             if (s->col_send[i].posted && !s->col_send[i].done)
                 return MOX_IN_PROGRESS;
-        return s->err;
+        return mox__fail(c, s->err, "%s", s->err_msg);
     }
     if (s->err == MOX_OK) {
         s->err = err;
@@ -688,7 +694,7 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
         if (b != s->my_b && q->posted && !q->done)
             return MOX_IN_PROGRESS;
     }
-    return s->err;
+    return mox__fail(c, s->err, "%s", s->err_msg);
 }
 
 static int all_done(const mox__treq_t *t, size_t n)

@@ -409,8 +409,8 @@ static mox_status_t run_rs(mox_comm_t comm, const opts_t *o, uint64_t it,
  * block is empty; either way 40 bytes. Flat sends r's block to every rank
  * of n (and a header to each), so on a node of more than one rank it
  * exceeds this.
- * The reduce-scatter ring (--expect-algo reduce_scatter_ring) sends the
- * same blocks, but each rank sends one header only, to the next row.
+ * The rings (--expect-algo reduce_scatter_ring or allgather_ring) send
+ * the same blocks, but each rank sends one header only, to the next row.
  */
 static int check_inter(mox_comm_t comm, const opts_t *o,
                        const uint64_t *counts, uint64_t mine)
@@ -428,7 +428,8 @@ static int check_inter(mox_comm_t comm, const opts_t *o,
     uint64_t got = 0, want = 0;
     for (int r = 0; r < P; r++)
         got += all[r];
-    int ring = o->algo && !strcmp(o->algo, "reduce_scatter_ring");
+    int ring = o->algo && (!strcmp(o->algo, "reduce_scatter_ring") ||
+                           !strcmp(o->algo, "allgather_ring"));
     for (int n = 0; n < nodes; n++)
         for (int r = 0; r < P; r++)
             if (node[r] != n)
