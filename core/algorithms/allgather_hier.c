@@ -293,8 +293,9 @@ static mox_status_t ring_send(mox__comm_t *c, ag_t *s, uint64_t tag)
     return MOX_OK;
 }
 
-/* After a failure: the abort header in place of my next data message, so
- * that next fails too instead of waiting for it. */
+/* After a disagreement (not a failed peer: the abort says the ranks
+ * disagree): the abort header in place of my next data message, so that
+ * next fails too instead of waiting for it. */
 static void ring_abort(mox__comm_t *c, ag_t *s, uint64_t tag)
 {
     if (s->abort_sent)
@@ -491,7 +492,8 @@ static mox_status_t progress(struct mox_req *req)
             set_err(c, s, st);
     }
     st = check_headers(c, s);
-    if (s->ring && s->err != MOX_OK && !s->abort_sent) {
+    if (s->ring && (s->err == MOX_ERR_MISMATCH || s->err == MOX_ERR_PROTOCOL) &&
+        !s->abort_sent) {
         /* check_headers waits for it to go out before it reports */
         ring_abort(c, s, mox__tag(req->seq, STEP_COL));
         return MOX_IN_PROGRESS;
