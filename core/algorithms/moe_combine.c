@@ -14,6 +14,11 @@
  * record by record as soon as every row of a record is in, and sends the
  * rows back in the chunks of the dispatch hop, each as soon as it is
  * summed, so summing overlaps both the shm phase and the network.
+ *
+ * Rows between ranks of one node go through shared memory: written into
+ * the receiving rank's combine area, or, when the returning rank's
+ * expert_out lies in its shared receive buffer, summed by the receiving
+ * rank where they are (see combine_t).
  */
 #include "core/dtype.h"
 #include "core/moe.h"
@@ -22,7 +27,19 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STEP_PART = 1, STEP_BACK = 2, STEP_PLACE = 3 };
+enum { STEP_PART = 1, STEP_BACK = 2, STEP_PLACE = 3, STEP_DONE = 4 };
+
+/* Place message `use` in combine: 0 send me the rows, 1 write them into
+ * my combine area, 2 the same, or, when they are in your shared receive
+ * buffer already, tell me where (I sum them from there). */
+enum { PLACE_SEND = 0, PLACE_WRITE = 1, PLACE_READ = 2 };
+
+/* A local rank's answer to a place: gen 0 when it wrote its rows into my
+ * area, else its receive buffer (generation, bytes) and the offset of
+ * its rows for me there. */
+typedef struct {
+    uint64_t gen, bytes, off;
+} note_t;
 
 typedef struct {
     struct mox_moe *m;
@@ -52,14 +69,26 @@ typedef struct {
     /* Rows back between ranks of the node: a rank's receive area is in
      * shared memory (shared), and it tells each local rank that returns
      * rows where to write them (place messages, STEP_PLACE); the rank
-     * writes them there and sends an 8-byte note in their stead. cwait[l]:
+     * writes them there and sends a note (note_t) in their stead. cwait[l]:
      * my rows for local rank l wait for its place. */
     int shared;
     mox__treq_t *cpsend, *cprecv; /* [L] */
     mox__place_t *cpout, *cpin;   /* [L] */
     uint8_t *cwait;               /* [L] */
-    uint64_t *cnote;              /* [L] notes received */
-    uint64_t note;                /* the 8 bytes sent for rows written */
+    note_t *cnote;                /* [L] notes received */
+    note_t *nout;                 /* [L] notes sent */
+    /* Rows read in place: a local rank whose expert_out lies in its
+     * shared receive buffer (mox_moe_recv_buffer) tells a source that
+     * asked (PLACE_READ) where its rows are, and the source sums them
+     * from there, with no copy. The source then sends it a done message
+     * (STEP_DONE); the rank finishes only once that came, since the
+     * caller may reuse expert_out afterwards. */
+    int finished;
+    mox_status_t fin_st;
+    mox__treq_t *dsend, *drecv;   /* [L] */
+    uint64_t *dnote;              /* [L] done messages received */
+    uint64_t done;                /* the done message sent */
+    size_t nt_data;               /* requests before dsend, drecv */
     float *wtmp;                  /* [H] conversions to the wire */
 } combine_t;
 
@@ -189,15 +218,17 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
             /* A local rank: it waits for my place message. */
             int l = c->topo.local_of[x];
             s->cpout[l] = (mox__place_t){MOX_PLACE_MAGIC,
-                                         (uint32_t)s->shared, req->seq,
-                                         m->cbuf.gen, m->cbuf.bytes,
+                                         !s->shared       ? PLACE_SEND
+                                         : same_format(m) ? PLACE_READ
+                                                          : PLACE_WRITE,
+                                         req->seq, m->cbuf.gen, m->cbuf.bytes,
                                          s->recv_off[x], n};
             st = mox__isend(c, x, mox__tag(req->seq, STEP_PLACE),
                             &s->cpout[l], sizeof(mox__place_t),
                             &s->cpsend[l]);
             if (st == MOX_OK)
                 st = s->shared
-                         ? mox__irecv(c, x, btag, &s->cnote[l], 8,
+                         ? mox__irecv(c, x, btag, &s->cnote[l], sizeof(note_t),
                                       &s->brecv[(size_t)x * CMAX])
                          : mox__irecv(c, x, btag, at, n * rb,
                                       &s->brecv[(size_t)x * CMAX]);
@@ -414,32 +445,58 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
  * cache-resident f32 row and written once. (Summing every rank's rows into
  * a T x H f32 array and converting it afterwards moved about 4 x the
  * bytes; on 1 x 8 that array was a fifth of the whole run.) Per element
- * the additions are the same, in the same order, as in that array.
+ * the additions are the same, in the same order, as in that array. Rows
+ * of local ranks that said where they are in their receive buffers are
+ * read there.
  */
 static mox_status_t finish_out(combine_t *s)
 {
     struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
     size_t H = (size_t)m->H, rb = s->row_bytes, P = (size_t)m->P;
     size_t T = (size_t)m->num_tokens, ob = H * m->x_elem;
     uint64_t *cur = mox__buf_reserve(&m->comb_part, 3 * P * sizeof(uint64_t) +
+                                                        P * sizeof(char *) +
                                                         H * sizeof(float) + 8);
     if (!cur)
-        return mox__fail(m->comm, MOX_ERR_NO_MEMORY, "moe_combine: no memory "
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory "
                          "for %zu tokens", T);
     uint64_t *end = cur + P;
     const int32_t **item = (const int32_t **)(void *)(end + P);
-    float *acc = (float *)(void *)(item + P);
+    const char **from = (const char **)(void *)(item + P);
+    float *acc = (float *)(void *)(from + P);
     for (size_t x = 0; x < P; x++) {
         const mox__csr_t *bl = back_list(m, (int)x);
         item[x] = bl->item + bl->off[x];
         cur[x] = 0;
         end[x] = bl->off[x + 1] - bl->off[x];
+        from[x] = s->recv + s->recv_off[x] * rb;
+        int l = c->topo.local_of[x];
+        if (!s->shared || remote(m, (int)x) || (int)x == c->rank ||
+            !end[x] || !s->cnote[l].gen)
+            continue;
+        /* x's rows for me are in its receive buffer (checked to lie
+         * inside it; mapped as for dispatch). */
+        const note_t *nt = &s->cnote[l];
+        char *base;
+        if (nt->off > nt->bytes || end[x] * rb > nt->bytes - nt->off)
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: rank %zu "
+                             "says its %llu rows for me are at byte %llu of "
+                             "its %llu-byte receive buffer", x,
+                             (unsigned long long)end[x],
+                             (unsigned long long)nt->off,
+                             (unsigned long long)nt->bytes);
+        mox_status_t st = mox__moe_map_peer(m, 0, (int)x, nt->gen,
+                                            (size_t)nt->bytes, &base);
+        if (st != MOX_OK)
+            return st;
+        from[x] = base + nt->off;
     }
     for (size_t t = 0; t < T; t++) {
         memset(acc, 0, H * sizeof(float));
         for (size_t x = 0; x < P; x++)
             if (cur[x] < end[x] && (size_t)item[x][cur[x]] == t)
-                accumulate(m, s->recv + (s->recv_off[x] + cur[x]++) * rb, acc);
+                accumulate(m, from[x] + cur[x]++ * rb, acc);
         mox__from_f32(m->cfg.x_dtype, acc, (char *)s->out + t * ob, H);
     }
     for (size_t x = 0; x < P; x++)
@@ -450,9 +507,11 @@ static mox_status_t finish_out(combine_t *s)
     return MOX_OK;
 }
 
-/* Local ranks whose place message arrived: write my rows for them
- * straight into their shared combine area (in the wire format) and send
- * the 8-byte note after them, or send the rows when the place says so. */
+/* Local ranks whose place message arrived: tell them where my rows are
+ * when they may read them in place (PLACE_READ, and expert_out is in my
+ * shared receive buffer in the wire format), else write my rows straight
+ * into their shared combine area (in the wire format) and send the note
+ * after them, or send the rows when the place says so. */
 static mox_status_t back_ready(struct mox_req *req, combine_t *s)
 {
     struct mox_moe *m = s->m;
@@ -472,6 +531,23 @@ static mox_status_t back_ready(struct mox_req *req, combine_t *s)
             return st;
         const char *rows = s->expert_out +
                            m->final_off[x] * (size_t)m->H * m->x_elem;
+        const char *rb0 = m->rbuf.p;
+        if (p->use == PLACE_READ && same_format(m) && rb0 && rows >= rb0 &&
+            (size_t)(rows - rb0) <= m->rbuf.bytes &&
+            n * rb <= m->rbuf.bytes - (size_t)(rows - rb0)) {
+            /* x reads them where they are; I finish once it is done. */
+            s->nout[l] = (note_t){m->rbuf.gen, m->rbuf.bytes,
+                                  (uint64_t)(rows - rb0)};
+            mox__count_put(c, n * rb);
+            st = mox__irecv(c, x, mox__tag(req->seq, STEP_DONE), &s->dnote[l],
+                            sizeof s->dnote[l], &s->drecv[l]);
+            if (st == MOX_OK)
+                st = mox__isend(c, x, btag, &s->nout[l], sizeof(note_t),
+                                &s->bsend[(size_t)x * CMAX]);
+            if (st != MOX_OK)
+                return st;
+            continue;
+        }
         char *dst;
         if (p->use) {
             char *base;
@@ -490,12 +566,41 @@ static mox_status_t back_ready(struct mox_req *req, combine_t *s)
             to_wire(m, rows, dst, n, s->wtmp);
         if (p->use)
             mox__count_put(c, n * rb);
-        st = p->use ? mox__isend(c, x, btag, &s->note, 8,
+        s->nout[l] = (note_t){0, 0, 0};
+        st = p->use ? mox__isend(c, x, btag, &s->nout[l], sizeof(note_t),
                                  &s->bsend[(size_t)x * CMAX])
                     : mox__isend(c, x, btag, dst, n * rb,
                                  &s->bsend[(size_t)x * CMAX]);
         if (st != MOX_OK)
             return st;
+    }
+    return MOX_OK;
+}
+
+/* Notes from local ranks: whole, and an address only where I asked for
+ * one (a note of a rank that failed to arrive is cleared). */
+static mox_status_t check_notes(combine_t *s)
+{
+    struct mox_moe *m = s->m;
+    mox__comm_t *c = m->comm;
+    for (int l = 0; l < s->L && s->shared; l++) {
+        int x = mox__topo_rank_at(&c->topo, c->node, l);
+        const mox__treq_t *q = &s->brecv[(size_t)x * CMAX];
+        if (l == c->local_rank || !q->posted)
+            continue;
+        if (q->status != MOX_OK) {
+            s->cnote[l].gen = 0;
+            continue;
+        }
+        if (q->bytes != sizeof(note_t) ||
+            (s->cnote[l].gen && !same_format(m))) {
+            s->cnote[l].gen = 0;
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: rank %d "
+                             "answered my place with %zu bytes%s", x,
+                             q->bytes, q->bytes == sizeof(note_t)
+                                           ? " naming rows I cannot read in "
+                                             "place" : "");
+        }
     }
     return MOX_OK;
 }
@@ -539,14 +644,36 @@ static mox_status_t progress(struct mox_req *req)
                   (unsigned long long)req->seq,
                   (double)(mox__now_ns() - req->start_ns) / 1e6);
     }
-    if (backs_pending(s) || !mox__treqs_done(s->t, s->nt))
+    if (!s->finished) {
+        if (backs_pending(s) || !mox__treqs_done(s->t, s->nt_data))
+            return MOX_IN_PROGRESS;
+        st = check_notes(s);
+        if (st == MOX_OK)
+            st = check_all(m->comm, s->t, s->nt_data);
+        MOX_TRACE("moe", "combine %llu: all rows back after %.3f ms",
+                  (unsigned long long)req->seq,
+                  (double)(mox__now_ns() - req->start_ns) / 1e6);
+        s->fin_st = st == MOX_OK ? finish_out(s) : st;
+        s->finished = 1;
+        /* Whatever happened, the ranks whose rows I read may go on. */
+        for (int l = 0; l < s->L; l++) {
+            if (!s->cnote[l].gen)
+                continue;
+            int x = mox__topo_rank_at(&m->comm->topo, m->comm->node, l);
+            mox_status_t sst = mox__isend(m->comm, x,
+                                          mox__tag(req->seq, STEP_DONE),
+                                          &s->done, sizeof s->done,
+                                          &s->dsend[l]);
+            if (s->fin_st == MOX_OK)
+                s->fin_st = sst;
+        }
+    }
+    if (!mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
-    if ((st = check_all(m->comm, s->t, s->nt)) != MOX_OK)
-        return st;
-    MOX_TRACE("moe", "combine %llu: all rows back after %.3f ms",
-              (unsigned long long)req->seq,
-              (double)(mox__now_ns() - req->start_ns) / 1e6);
-    return finish_out(s);
+    if (s->fin_st != MOX_OK)
+        return s->fin_st;
+    return mox__treqs_check(m->comm, s->dsend, 2 * (size_t)s->L,
+                            "moe combine");
 }
 
 mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
@@ -561,11 +688,12 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     for (int x = 0; x < m->P; x++)
         nsrv += (size_t)served_remote(m, x);
     size_t pmax = nsrv * CMAX;
-    size_t nt = 3 * P * CMAX + (size_t)L * pmax + 2 * (size_t)L;
+    size_t nt = 3 * P * CMAX + (size_t)L * pmax + 4 * (size_t)L;
     size_t bytes = sizeof(combine_t) + nt * sizeof(mox__treq_t) +
                    (2 * P + (size_t)L) * sizeof(uint64_t) +
                    ((size_t)L * pmax + 3 * (size_t)L) * sizeof(uint64_t) +
                    2 * (size_t)L * sizeof(mox__place_t) +
+                   2 * (size_t)L * sizeof(note_t) +
                    (size_t)L * sizeof(uint64_t) + (size_t)L;
     combine_t *s = calloc(1, bytes);
     if (!s)
@@ -584,6 +712,9 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     s->precv = s->brecv + P * CMAX;
     s->cpsend = s->precv + (size_t)L * pmax;
     s->cprecv = s->cpsend + L;
+    s->dsend = s->cprecv + L; /* last: not waited for before summing */
+    s->drecv = s->dsend + L;
+    s->nt_data = nt - 2 * (size_t)L;
     s->pmax = pmax;
     s->send_off = (uint64_t *)(s->t + nt);
     s->recv_off = s->send_off + P;
@@ -594,8 +725,10 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     s->parrived = s->pdone + L;
     s->cpout = (mox__place_t *)(void *)(s->parrived + L);
     s->cpin = s->cpout + L;
-    s->cnote = (uint64_t *)(void *)(s->cpin + L);
-    s->cwait = (uint8_t *)(s->cnote + L);
+    s->cnote = (note_t *)(void *)(s->cpin + L);
+    s->nout = s->cnote + L;
+    s->dnote = (uint64_t *)(void *)(s->nout + L);
+    s->cwait = (uint8_t *)(s->dnote + L);
     req->treqs = s->t;
     req->ntreqs = nt;
     req->progress = progress;

@@ -378,6 +378,9 @@ typedef struct {
  * path. A call for more rows than the current buffer holds replaces it
  * (the previous pointer becomes invalid; not while a dispatch is in
  * flight); fewer rows return the current buffer. mox_moe_destroy frees it.
+ * The buffer may also hold combine's expert_out (ask for room for both,
+ * e.g. 2 x capacity rows, and write the expert outputs in the second
+ * half): see mox_moe_icombine.
  * Errors: MOX_ERR_INVALID_ARG (NULL recv_x, rows 0 or too large),
  * MOX_ERR_SYSTEM (no shared memory: shm_open/mmap failed, the message
  * names the call).
@@ -424,6 +427,12 @@ MOX_API mox_status_t mox_moe_dispatch(mox_moe_t moe,
  * out is [num_tokens][hidden] of x_dtype of that dispatch's input: the sum
  * over ranks of their rows for each token, accumulated in f32 in a fixed
  * order (bitwise reproducible), zeros for tokens with no expert.
+ * When expert_out lies inside this rank's mox_moe_recv_buffer and
+ * x_dtype is the combine wire format (bf16 with a bf16 wire, f32 with an
+ * f32 wire), the ranks of this node sum this rank's rows for their tokens
+ * where they are, with no copy; this rank's combine then ends only after
+ * those ranks have read them, and expert_out must stay unchanged until
+ * then. The results are the same either way.
  */
 MOX_API mox_status_t mox_moe_icombine(mox_moe_t moe, const void *expert_out,
                                       void *out, mox_req_t *req);

@@ -24,7 +24,7 @@ typedef struct {
     int tokens, hidden, experts, topk, iters, zero_rank, check_bytes;
     int use_notify, victim;
     const char *routing, *x_type, *idx_type, *wire, *comb, *algo, *mode;
-    const char *rbuf; /* mox_moe_recv_buffer: none|all|odd|unused */
+    const char *rbuf; /* mox_moe_recv_buffer: none|all|odd|unused|out|odd-out */
 } opts_t;
 
 static int P, me, nnodes;
@@ -397,9 +397,11 @@ static void usage(FILE *f)
                "  [--x f32|bf16|f16] [--idx i32|i64] [--wire native|bf16|fp8]\n"
                "  [--combine-wire f32|bf16] [--algo auto|dedup|alltoallv|allgather]\n"
                "  [--iters N] [--notify] [--check-bytes]\n"
-               "  [--recv-buffer none|all|odd|unused]  (recv_x from "
+               "  [--recv-buffer none|all|odd|unused|out|odd-out]  (recv_x from "
                "mox_moe_recv_buffer on every rank,\n"
-               "  on odd ranks, or requested but recv_x elsewhere)\n"
+               "  on odd ranks, or requested but recv_x elsewhere; out: the "
+               "expert outputs too,\n  in its second half, on every rank or "
+               "on odd ranks)\n"
                "  [--mode ok|bad-expert|dup-expert|null-x|small-capacity|bad-hidden|"
                "bad-experts --victim R]\n");
 }
@@ -582,10 +584,13 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
     /* The shared receive buffer: on every rank, odd ranks, or requested
      * but not passed (peers must then send as usual). */
     void *rbuf = NULL;
+    int shared_out = !strcmp(o.rbuf, "out") ||
+                     (!strcmp(o.rbuf, "odd-out") && me % 2);
     int want_rbuf = !strcmp(o.rbuf, "all") || !strcmp(o.rbuf, "unused") ||
-                    (!strcmp(o.rbuf, "odd") && me % 2);
+                    (!strcmp(o.rbuf, "odd") && me % 2) || shared_out;
     if (st == MOX_OK && want_rbuf)
-        st = mox_moe_recv_buffer(moe, cap ? cap : 1, &rbuf);
+        st = mox_moe_recv_buffer(moe, (shared_out ? 2 : 1) * (cap ? cap : 1),
+                                 &rbuf);
     int own_x = !rbuf || !strcmp(o.rbuf, "unused");
     out.recv_x = own_x ? malloc(cap * H * xsize() + 1) : rbuf;
     out.recv_topk_idx = malloc(cap * k * 4 + 1);
@@ -619,7 +624,10 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
         bad = report(comm, "dispatch", st);
     } else {
         bad = check_dispatch(&out, out.recv_x);
-        char *y = malloc(out.num_recv * H * xsize() + 1);
+        /* shared_out: the expert outputs in the shared buffer's second
+         * half, where combine reads local ranks' rows in place. */
+        char *y = shared_out ? (char *)rbuf + (cap ? cap : 1) * H * xsize()
+                             : malloc(out.num_recv * H * xsize() + 1);
         char *res = malloc((size_t)T * H * xsize() + 1);
         run_experts(&out, out.recv_x, y);
         st = mox_moe_combine(moe, y, res);
@@ -627,7 +635,8 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
             bad = report(comm, "combine", st);
         else if (!bad)
             bad = check_combine(res);
-        free(y);
+        if (!shared_out)
+            free(y);
         free(res);
     }
     if (!bad && o.check_bytes && !strcmp(o.mode, "ok")) {

@@ -77,7 +77,10 @@ static void usage(FILE *f)
         "      --seed S        routing and data seed (default 1)\n"
         "      --recv-buffer   mox impls receive into the handle's shared\n"
         "                      buffer (mox_moe_recv_buffer): rows from the\n"
-        "                      same node are written straight into it\n"
+        "                      same node are written straight into it,\n"
+        "                      and the expert outputs are written into\n"
+        "                      its second half, where combine reads the\n"
+        "                      rows of ranks of the same node in place\n"
         "      --csv FILE      also write the results as CSV (rank 0)\n"
         "Columns: dispatch/combine = slowest rank's mean time; GB/s = bf16 token\n"
         "bytes delivered per rank / dispatch time; inter B/rank = bytes a rank\n"
@@ -429,10 +432,15 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
     float *rw = malloc(cap * k * 4 + 4);
     uint64_t *per_e = malloc((size_t)El * 8 + 8);
     mox_status_t st;
-    /* --recv-buffer: rows land in the handle's shared receive buffer. */
-    uint16_t *rx = recv_x;
-    if (o.rbuf && (st = mox_moe_recv_buffer(moe, cap, (void **)&rx)) != MOX_OK)
-        die_mox(comm, "recv_buffer", st);
+    /* --recv-buffer: rows land in the handle's shared receive buffer and
+     * the expert outputs go into its second half, so that combine reads
+     * them in place. */
+    uint16_t *rx = recv_x, *y = y_buf;
+    if (o.rbuf) {
+        if ((st = mox_moe_recv_buffer(moe, 2 * cap, (void **)&rx)) != MOX_OK)
+            die_mox(comm, "recv_buffer", st);
+        y = rx + cap * (size_t)o.hidden;
+    }
     mox_moe_output_t out = {sizeof out, cap, rx, rid, rw, rsrc, per_e, 0};
     int f32wire = !strcmp(o.comb_wire, "f32");
 
@@ -465,15 +473,15 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
         wrong += bad;
     }
     run_experts(out.num_recv, rx, (size_t)o.hidden, rw, (size_t)k, rid,
-                (size_t)k, 0, y_buf);
-    if ((st = mox_moe_combine(moe, y_buf, comb_out)) != MOX_OK)
+                (size_t)k, 0, y);
+    if ((st = mox_moe_combine(moe, y, comb_out)) != MOX_OK)
         die_mox(comm, "combine", st);
     wrong += check_combine(comb_out, fp8, f32wire);
 
     for (int i = 0; i < o.warmup; i++) {
         if ((st = mox_moe_dispatch(moe, &in, &out)) != MOX_OK)
             die_mox(comm, "dispatch", st);
-        if ((st = mox_moe_combine(moe, y_buf, comb_out)) != MOX_OK)
+        if ((st = mox_moe_combine(moe, y, comb_out)) != MOX_OK)
             die_mox(comm, "combine", st);
     }
     double td = 0, tc = 0, bi = 0, bc = 0;
@@ -486,7 +494,7 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
             die_mox(comm, "dispatch", st);
         double t1 = MPI_Wtime();
         mox_comm_stats(comm, &s1);
-        if ((st = mox_moe_combine(moe, y_buf, comb_out)) != MOX_OK)
+        if ((st = mox_moe_combine(moe, y, comb_out)) != MOX_OK)
             die_mox(comm, "combine", st);
         double t2 = MPI_Wtime();
         mox_comm_stats(comm, &s2);
