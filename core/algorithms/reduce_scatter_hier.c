@@ -382,6 +382,8 @@ static char *ring_rx(const rs_t *s, uint32_t step, uint32_t k)
     return s->rx2 + s->rslot[step] + (size_t)k * s->chunk * s->asz;
 }
 
+static mox_status_t ring_check_recvs(mox__comm_t *c, rs_t *s);
+
 /* Post every send that is ready, in the order the receiver posted its
  * receives (step, then segment). */
 static mox_status_t ring_send(mox__comm_t *c, rs_t *s, uint64_t tag)
@@ -399,15 +401,12 @@ static mox_status_t ring_send(mox__comm_t *c, rs_t *s, uint64_t tag)
         uint64_t len = seg_len(s, s->sb_rank[b], k);
         char *a = s->acc + (s->slice_off[b] + (uint64_t)k * s->chunk) * s->asz;
         if (s->ring_s > 0) {
-            const mox__treq_t *q =
-                &s->col_recv[1 + s->rbase[s->ring_s - 1] + k];
-            if (!s->col_hdr_ok[0] || !q->done)
+            /* its partial from prev is here and checked (ring_check) */
+            uint32_t ps = s->ring_s - 1;
+            if (ps > s->chk_s || (ps == s->chk_s && k >= s->chk_k))
                 break;
-            mox_status_t st = check_size(c, q, len * s->asz);
-            if (st != MOX_OK)
-                return st;
             mox__reduce_apply(s->op, s->acc_t, a, s->acc_t,
-                              ring_rx(s, s->ring_s - 1, k), len);
+                              ring_rx(s, ps, k), len);
         }
         mox_status_t st = mox__isend(c, s->next, tag, a, len * s->asz,
                                      &s->col_send[1 + s->sbase[s->ring_s] + k]);
@@ -472,10 +471,9 @@ static mox_status_t ring_finish_ready(mox__comm_t *c, rs_t *s)
 {
     uint32_t last = (uint32_t)s->g.N - 2;
     for (uint32_t k = 0; k < block_nseg(s, s->my_b); k++) {
-        if (s->fin_done[k] || !s->col_hdr_ok[0] ||
-            !s->seg_done[s->slice_seg[s->my_b] + k] ||
-            !s->col_recv[1 + s->rbase[last] + k].done)
-            continue;
+        if (s->fin_done[k] || !s->seg_done[s->slice_seg[s->my_b] + k] ||
+            last > s->chk_s || (last == s->chk_s && k >= s->chk_k))
+            continue; /* not all here, or its partial not checked yet */
         mox_status_t st = ring_finish_seg(c, s, k);
         if (st != MOX_OK)
             return st;
@@ -564,6 +562,9 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
     uint64_t cnt = s->count[s->me];
     if (s->g.N > 1) {
         uint32_t nseg = mox__rsag_nseg(cnt, s->chunk);
+        mox_status_t cst = s->ring ? ring_check_recvs(c, s) : MOX_OK;
+        if (cst != MOX_OK)
+            return cst;
         for (uint32_t k = 0; k < nseg; k++) {
             mox_status_t st = s->fin_done[k] ? MOX_OK
                               : s->ring    ? ring_finish_seg(c, s, k)
@@ -732,6 +733,8 @@ static mox_status_t step(struct mox_req *req)
         s->seg_done[ss] = 1;
     }
     uint64_t col_tag = mox__tag(req->seq, STEP_COL);
+    if (s->ring && (st = ring_check_recvs(c, s)) != MOX_OK)
+        return st;
     if ((st = s->ring ? ring_send(c, s, col_tag)
                       : send_column(c, s, col_tag)) != MOX_OK ||
         (st = finish_ready(c, s)) != MOX_OK)
