@@ -57,6 +57,12 @@ typedef enum {
       "or auto = 64M when MOX_NET_TLS is tcp (a handshake per message "        \
       "waits on a busy peer), UCX's choice otherwise; UCX_RNDV_THRESH in "     \
       "the environment wins")                                                  \
+    X(net_connect, "MOX_NET_CONNECT", MOX_CFG_INT, "256", NULL, 0, 1 << 30,   \
+      "communicators of at most this many ranks on several nodes connect "     \
+      "every pair of ranks on different nodes at creation (one byte each "     \
+      "way), so that a rank that dies later is a broken connection to its "    \
+      "peers rather than one they are still opening (UCX 1.13's TCP "          \
+      "transport can abort the process there); 0 = connect on first use")      \
     X(shm_slot_bytes, "MOX_SHM_SLOT_SIZE", MOX_CFG_SIZE, "64k", NULL, 4096,    \
       1 << 26, "bytes per slot of a shared-memory channel")                    \
     X(shm_slots, "MOX_SHM_SLOTS", MOX_CFG_INT, "8", NULL, 2, 1024,             \

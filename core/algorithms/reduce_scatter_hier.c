@@ -91,6 +91,9 @@ typedef struct {
     char *fin;                     /* my block, final accumulator (N > 1) */
     int out_direct;                /* the last accumulator (acc on one row,
                                       fin on several) is `out` itself */
+    int out_apart;                 /* `out` overlaps no input, so results
+                                      may be written before every input
+                                      was read (not in place) */
     char *pack1, *pack2;           /* sparse send staging */
     size_t *pack2_off;             /* [nss+1] */
     uint8_t *seg_done;             /* [nss] reduced over the row */
@@ -533,8 +536,11 @@ static mox_status_t finish_seg(mox__comm_t *c, rs_t *s, uint32_t k)
  * (several rows). */
 static mox_status_t finish_ready(mox__comm_t *c, rs_t *s)
 {
-    if (s->g.N == 1)
-        return MOX_OK;
+    if (s->g.N == 1 || !s->out_apart) {
+        /* in place: a result written early could clobber input a peer
+         * still reads; only check what comes (finish_block writes) */
+        return s->ring ? ring_check_recvs(c, s) : MOX_OK;
+    }
     if (s->ring) {
         mox_status_t st = ring_check_recvs(c, s);
         return st != MOX_OK ? st : ring_finish_ready(c, s);
@@ -1097,9 +1103,9 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
     /* The last accumulation can go straight into `out` when it has the
      * accumulator's type and overlaps no input: no copy at the end. */
     uintptr_t o = (uintptr_t)s->out, i = (uintptr_t)s->in;
-    s->out_direct = s->acc_t == s->dt && s->count[s->me] &&
-                    (o + s->count[s->me] * s->esz <= i ||
-                     o >= i + total * s->esz);
+    s->out_apart = o + s->count[s->me] * s->esz <= i ||
+                   o >= i + total * s->esz;
+    s->out_direct = s->acc_t == s->dt && s->count[s->me] && s->out_apart;
     plan(s);
     size_t bytes = layout(s, NULL);
     s->mem = mox__scratch_get(c, bytes);
