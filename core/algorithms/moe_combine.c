@@ -577,8 +577,9 @@ static mox_status_t back_ready(struct mox_req *req, combine_t *s)
     return MOX_OK;
 }
 
-/* Notes from local ranks: whole, and an address only where I asked for
- * one (a note of a rank that failed to arrive is cleared). */
+/* Notes from local ranks: whole, and a place in a receive buffer only
+ * where I can read one (the note of a rank whose message failed is
+ * cleared: that rank gets no done message). */
 static mox_status_t check_notes(combine_t *s)
 {
     struct mox_moe *m = s->m;
@@ -594,7 +595,8 @@ static mox_status_t check_notes(combine_t *s)
         }
         if (q->bytes != sizeof(note_t) ||
             (s->cnote[l].gen && !same_format(m))) {
-            s->cnote[l].gen = 0;
+            /* gen is left as it came: a rank that says it waits for my
+             * done message gets it */
             return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: rank %d "
                              "answered my place with %zu bytes%s", x,
                              q->bytes, q->bytes == sizeof(note_t)
