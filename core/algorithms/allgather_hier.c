@@ -403,7 +403,6 @@ static int seg_ready(mox__comm_t *c, ag_t *s, uint32_t cs, int *b,
         /* block i comes in at step (row - 1 - i) mod N, checked there */
         uint32_t step = (uint32_t)((s->g.row - 1 - i + 2 * s->g.N) % s->g.N);
         *at = s->out + (s->displ[r] + (uint64_t)*k * s->chunk) * s->esz;
-        (void)c;
         return ring_have(s, step, *k);
     }
     if (s->col_ok[i] != HDR_OK)
