@@ -127,6 +127,21 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
                                      const mox__rs_args_t *a);
 mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a);
 
+/*
+ * The data messages of a ring (reduce_scatter_ring, allgather_ring) as
+ * one stream: step x (0 <= x < nsteps) has messages base[x] ..
+ * base[x+1]-1, base[nsteps] of them in all (steps may be empty). The
+ * step of message i < base[nsteps]:
+ */
+static inline uint32_t mox__ring_step(const uint32_t *base, int nsteps,
+                                      uint32_t i)
+{
+    int x = 0;
+    while (x + 1 < nsteps && base[x + 1] <= i)
+        x++;
+    return (uint32_t)x;
+}
+
 /* Agreement header: what must be equal on every rank. */
 #define MOX_RSAG_HDR_BYTES 40
 /* Encoded headers of ranks that agree are equal in these first bytes

@@ -93,9 +93,10 @@ typedef struct {
     int abort_sent;
     size_t ring_slot;           /* prev's header in `stage` */
     uint32_t *rbase, *sbase;    /* [N] first data message of step s in
-                                   col_recv / col_send (after index 0) */
-    uint32_t ring_s, ring_k;    /* next send: step, chunk */
-    uint32_t chk_s, chk_k;      /* next receive to check */
+                                   col_recv / col_send (after index 0);
+                                   [N-1]: all of them (mox__ring_step) */
+    uint32_t sent, chk;         /* data messages sent to next; received
+                                   from prev and checked */
     unsigned char hdr_abort[HDR];
     void *mem;
 } ag_t;
@@ -237,7 +238,7 @@ static char *block_at(const ag_t *s, int b, uint32_t k)
 /* Receive (step, k) is here and checked. */
 static int ring_have(const ag_t *s, uint32_t step, uint32_t k)
 {
-    return step < s->chk_s || (step == s->chk_s && k < s->chk_k);
+    return s->rbase[step] + k < s->chk;
 }
 
 /* Check every data message from prev as it arrives: its size, and
@@ -246,25 +247,23 @@ static mox_status_t ring_check_recvs(mox__comm_t *c, ag_t *s)
 {
     if (s->ring_ok != HDR_OK)
         return MOX_OK;
-    while (s->chk_s + 1 < (uint32_t)s->g.N) {
-        int b = ring_block(s, 1 + (int)s->chk_s);
-        if (s->chk_k >= block_nseg(s, b)) {
-            s->chk_s++;
-            s->chk_k = 0;
-            continue;
-        }
-        const mox__treq_t *q = &s->col_recv[1 + s->rbase[s->chk_s] + s->chk_k];
+    int steps = s->g.N - 1;
+    while (s->chk < s->rbase[steps]) {
+        const mox__treq_t *q = &s->col_recv[1 + s->chk];
         if (!q->done)
             break;
-        const char *at = block_at(s, b, s->chk_k);
+        uint32_t x = mox__ring_step(s->rbase, steps, s->chk);
+        uint32_t k = s->chk - s->rbase[x];
+        int b = ring_block(s, 1 + (int)x);
+        const char *at = block_at(s, b, k);
         if (q->status == MOX_OK && mox__rsag_is_abort(at, q->bytes, &s->hdr))
             return mox__rsag_hdr_check(c, "allgather", q->peer, at, q->bytes,
                                        &s->hdr);
-        mox_status_t st = check_recv(c, q, seg_len(s, s->sb_rank[b], s->chk_k) *
+        mox_status_t st = check_recv(c, q, seg_len(s, s->sb_rank[b], k) *
                                                s->esz);
         if (st != MOX_OK)
             return st;
-        s->chk_k++;
+        s->chk++;
     }
     return MOX_OK;
 }
@@ -272,23 +271,20 @@ static mox_status_t ring_check_recvs(mox__comm_t *c, ag_t *s)
 /* Pass on every chunk received from prev that is here, in order. */
 static mox_status_t ring_send(mox__comm_t *c, ag_t *s, uint64_t tag)
 {
-    while (s->ring_s + 1 < (uint32_t)s->g.N) {
-        int b = ring_block(s, (int)s->ring_s);
-        if (s->ring_k >= block_nseg(s, b)) {
-            s->ring_s++;
-            s->ring_k = 0;
-            continue;
-        }
-        /* block b came in at step ring_s - 1 */
-        if (!ring_have(s, s->ring_s - 1, s->ring_k))
+    int steps = s->g.N - 1;
+    while (s->sent < s->sbase[steps]) {
+        /* step 0 (my own block) went out at the start: x >= 1 here */
+        uint32_t x = mox__ring_step(s->sbase, steps, s->sent);
+        uint32_t k = s->sent - s->sbase[x];
+        int b = ring_block(s, (int)x);
+        if (!ring_have(s, x - 1, k)) /* block b came in at step x-1 */
             break;
-        mox_status_t st = mox__isend(
-            c, s->next, tag, block_at(s, b, s->ring_k),
-            seg_len(s, s->sb_rank[b], s->ring_k) * s->esz,
-            &s->col_send[1 + s->sbase[s->ring_s] + s->ring_k]);
+        mox_status_t st = mox__isend(c, s->next, tag, block_at(s, b, k),
+                                     seg_len(s, s->sb_rank[b], k) * s->esz,
+                                     &s->col_send[1 + s->sent]);
         if (st != MOX_OK)
             return st;
-        s->ring_k++;
+        s->sent++;
     }
     return MOX_OK;
 }
@@ -301,16 +297,11 @@ static void ring_abort(mox__comm_t *c, ag_t *s, uint64_t tag)
     if (s->abort_sent)
         return;
     s->abort_sent = 1;
-    while (s->ring_s + 1 < (uint32_t)s->g.N &&
-           s->ring_k >= block_nseg(s, ring_block(s, (int)s->ring_s))) {
-        s->ring_s++;
-        s->ring_k = 0;
-    }
-    if (s->ring_s + 1 >= (uint32_t)s->g.N)
+    if (s->sent >= s->sbase[s->g.N - 1])
         return;
     mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
     (void)mox__isend(c, s->next, tag, s->hdr_abort, HDR,
-                     &s->col_send[1 + s->sbase[s->ring_s] + s->ring_k]);
+                     &s->col_send[1 + s->sent]);
 }
 
 /* Keep the first failure and its message. */
@@ -565,8 +556,7 @@ static mox_status_t post_initial(struct mox_req *req, ag_t *s)
                             s->src + (uint64_t)k * s->chunk * s->esz,
                             seg_len(s, s->me, k) * s->esz,
                             &s->col_send[1 + k]);
-        s->ring_s = 1;
-        s->ring_k = 0;
+        s->sent = s->sbase[1]; /* step 0: my block */
     }
     for (int b = 0; b < s->nsb && st == MOX_OK && !s->ring; b++)
         if (b != s->my_b)
@@ -658,6 +648,10 @@ static size_t layout(ag_t *s, char *base)
             }
             rb += block_nseg(s, ring_block(s, 1 + x));
             sb += block_nseg(s, ring_block(s, x));
+        }
+        if (base) {
+            s->rbase[s->g.N - 1] = rb;
+            s->sbase[s->g.N - 1] = sb;
         }
         s->n_col_recv = 1 + rb;
         s->n_col_send = 1 + sb;

@@ -115,9 +115,10 @@ typedef struct {
                                       received at step s */
     uint32_t *rbase, *sbase;       /* [N] first data message of step s in
                                       col_recv / col_send (after the
-                                      header, index 0) */
-    uint32_t ring_s, ring_k;       /* next send: step, segment */
-    uint32_t chk_s, chk_k;         /* next receive to check the size of */
+                                      header, index 0); [N-1]: all of
+                                      them (mox__ring_step) */
+    uint32_t sent, chk;            /* data messages sent to next; received
+                                      from prev and checked */
     void *mem;                     /* buffers, one allocation */
     size_t zeroed;                 /* its first bytes that start at zero */
 } rs_t;
@@ -385,37 +386,31 @@ static char *ring_rx(const rs_t *s, uint32_t step, uint32_t k)
     return s->rx2 + s->rslot[step] + (size_t)k * s->chunk * s->asz;
 }
 
-static mox_status_t ring_check_recvs(mox__comm_t *c, rs_t *s);
-
 /* Post every send that is ready, in the order the receiver posted its
  * receives (step, then segment). */
 static mox_status_t ring_send(mox__comm_t *c, rs_t *s, uint64_t tag)
 {
-    while (s->ring_s + 1 < (uint32_t)s->g.N) {
-        int b = ring_block(s, 1 + (int)s->ring_s);
-        if (s->ring_k >= block_nseg(s, b)) {
-            s->ring_s++;
-            s->ring_k = 0;
-            continue;
-        }
-        uint32_t k = s->ring_k;
+    int steps = s->g.N - 1;
+    while (s->sent < s->sbase[steps]) {
+        uint32_t x = mox__ring_step(s->sbase, steps, s->sent);
+        uint32_t k = s->sent - s->sbase[x];
+        int b = ring_block(s, 1 + (int)x);
         if (!s->seg_done[s->slice_seg[b] + k])
             break;
         uint64_t len = seg_len(s, s->sb_rank[b], k);
         char *a = s->acc + (s->slice_off[b] + (uint64_t)k * s->chunk) * s->asz;
-        if (s->ring_s > 0) {
-            /* its partial from prev is here and checked (ring_check) */
-            uint32_t ps = s->ring_s - 1;
-            if (ps > s->chk_s || (ps == s->chk_s && k >= s->chk_k))
+        if (x > 0) {
+            /* its partial came at step x-1, and was checked */
+            if (s->rbase[x - 1] + k >= s->chk)
                 break;
             mox__reduce_apply(s->op, s->acc_t, a, s->acc_t,
-                              ring_rx(s, ps, k), len);
+                              ring_rx(s, x - 1, k), len);
         }
         mox_status_t st = mox__isend(c, s->next, tag, a, len * s->asz,
-                                     &s->col_send[1 + s->sbase[s->ring_s] + k]);
+                                     &s->col_send[1 + s->sent]);
         if (st != MOX_OK)
             return st;
-        s->ring_k++;
+        s->sent++;
     }
     return MOX_OK;
 }
@@ -428,25 +423,23 @@ static mox_status_t ring_check_recvs(mox__comm_t *c, rs_t *s)
 {
     if (!s->col_hdr_ok[0])
         return MOX_OK;
-    while (s->chk_s + 1 < (uint32_t)s->g.N) {
-        int b = ring_block(s, 2 + (int)s->chk_s);
-        if (s->chk_k >= block_nseg(s, b)) {
-            s->chk_s++;
-            s->chk_k = 0;
-            continue;
-        }
-        const mox__treq_t *q = &s->col_recv[1 + s->rbase[s->chk_s] + s->chk_k];
+    int steps = s->g.N - 1;
+    while (s->chk < s->rbase[steps]) {
+        const mox__treq_t *q = &s->col_recv[1 + s->chk];
         if (!q->done)
             break;
-        const char *buf = ring_rx(s, s->chk_s, s->chk_k);
+        uint32_t x = mox__ring_step(s->rbase, steps, s->chk);
+        uint32_t k = s->chk - s->rbase[x];
+        const char *buf = ring_rx(s, x, k);
         if (q->status == MOX_OK && mox__rsag_is_abort(buf, q->bytes, &s->hdr))
             return mox__rsag_hdr_check(c, "reduce_scatter", q->peer, buf,
                                        q->bytes, &s->hdr);
-        mox_status_t st = check_size(c, q, seg_len(s, s->sb_rank[b], s->chk_k) *
+        int b = ring_block(s, 2 + (int)x);
+        mox_status_t st = check_size(c, q, seg_len(s, s->sb_rank[b], k) *
                                                s->asz);
         if (st != MOX_OK)
             return st;
-        s->chk_k++;
+        s->chk++;
     }
     return MOX_OK;
 }
@@ -475,7 +468,7 @@ static mox_status_t ring_finish_ready(mox__comm_t *c, rs_t *s)
     uint32_t last = (uint32_t)s->g.N - 2;
     for (uint32_t k = 0; k < block_nseg(s, s->my_b); k++) {
         if (s->fin_done[k] || !s->seg_done[s->slice_seg[s->my_b] + k] ||
-            last > s->chk_s || (last == s->chk_s && k >= s->chk_k))
+            s->rbase[last] + k >= s->chk)
             continue; /* not all here, or its partial not checked yet */
         mox_status_t st = ring_finish_seg(c, s, k);
         if (st != MOX_OK)
@@ -536,15 +529,12 @@ static mox_status_t finish_seg(mox__comm_t *c, rs_t *s, uint32_t k)
  * (several rows). */
 static mox_status_t finish_ready(mox__comm_t *c, rs_t *s)
 {
-    if (s->g.N == 1 || !s->out_apart) {
-        /* in place: a result written early could clobber input a peer
-         * still reads; only check what comes (finish_block writes) */
-        return s->ring ? ring_check_recvs(c, s) : MOX_OK;
-    }
-    if (s->ring) {
-        mox_status_t st = ring_check_recvs(c, s);
-        return st != MOX_OK ? st : ring_finish_ready(c, s);
-    }
+    /* In place, a result written early could clobber input a peer
+     * still reads: finish_block writes it all. */
+    if (s->g.N == 1 || !s->out_apart)
+        return MOX_OK;
+    if (s->ring)
+        return ring_finish_ready(c, s);
     uint32_t nseg = mox__rsag_nseg(s->count[s->me], s->chunk);
     for (uint32_t k = 0; k < nseg; k++) {
         if (s->fin_done[k] || !s->seg_done[s->slice_seg[s->my_b] + k])
@@ -568,9 +558,6 @@ static mox_status_t finish_block(mox__comm_t *c, rs_t *s)
     uint64_t cnt = s->count[s->me];
     if (s->g.N > 1) {
         uint32_t nseg = mox__rsag_nseg(cnt, s->chunk);
-        mox_status_t cst = s->ring ? ring_check_recvs(c, s) : MOX_OK;
-        if (cst != MOX_OK)
-            return cst;
         for (uint32_t k = 0; k < nseg; k++) {
             mox_status_t st = s->fin_done[k] ? MOX_OK
                               : s->ring    ? ring_finish_seg(c, s, k)
@@ -666,15 +653,9 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
          * place of the data it waits for, and names the mismatch. */
         s->err = err;
         mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
-        while (s->ring_s + 1 < (uint32_t)s->g.N &&
-               s->ring_k >= block_nseg(s, ring_block(s, 1 + (int)s->ring_s))) {
-            s->ring_s++;
-            s->ring_k = 0;
-        }
-        if (s->ring_s + 1 < (uint32_t)s->g.N)
+        if (s->sent < s->sbase[s->g.N - 1])
             (void)mox__isend(c, s->next, mox__tag(req->seq, STEP_COL),
-                             s->hdr_abort, HDR,
-                             &s->col_send[1 + s->sbase[s->ring_s] + s->ring_k]);
+                             s->hdr_abort, HDR, &s->col_send[1 + s->sent]);
     }
     if (s->ring) {
         for (size_t i = 0; i < s->n_col_send; i++)
@@ -739,6 +720,8 @@ static mox_status_t step(struct mox_req *req)
         s->seg_done[ss] = 1;
     }
     uint64_t col_tag = mox__tag(req->seq, STEP_COL);
+    /* Ring partials are checked here, once a pass, before anything
+     * (ring_send, finish_ready, finish_block) uses them. */
     if (s->ring && (st = ring_check_recvs(c, s)) != MOX_OK)
         return st;
     if ((st = s->ring ? ring_send(c, s, col_tag)
@@ -966,6 +949,10 @@ static size_t layout(rs_t *s, char *base)
                         ~(size_t)63;
             rb += block_nseg(s, b);
             sb += block_nseg(s, ring_block(s, 1 + x));
+        }
+        if (base) {
+            s->rbase[N - 1] = rb;
+            s->sbase[N - 1] = sb;
         }
         PLACE(rx2, col_area);
     } else {
