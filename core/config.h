@@ -57,7 +57,13 @@ typedef enum {
       "or auto = 64M when MOX_NET_TLS is tcp (a handshake per message "        \
       "waits on a busy peer), UCX's choice otherwise; UCX_RNDV_THRESH in "     \
       "the environment wins")                                                  \
-    X(net_connect, "MOX_NET_CONNECT", MOX_CFG_INT, "256", NULL, 0, 1 << 30,   \
+    X(net_rcvbuf, "MOX_NET_RCVBUF", MOX_CFG_STRING, "auto", NULL, 0, 0,        \
+      "receive buffer of each TCP connection between nodes (UCX "              \
+      "TCP_RCVBUF), which caps the data in flight per connection so that "     \
+      "connections sharing a link share it evenly: a size such as 256K, ucx "  \
+      "(UCX's and the kernel's choice) or auto = 64K when MOX_NET_TLS "        \
+      "lets UCX use tcp; UCX_TCP_RCVBUF in the environment wins")              \
+    X(net_connect, "MOX_NET_CONNECT", MOX_CFG_INT, "256", NULL, 0, 1 << 30,    \
       "communicators of at most this many ranks on several nodes connect "     \
       "every pair of ranks on different nodes at creation (one byte each "     \
       "way), so that a rank that dies later is a broken connection to its "    \

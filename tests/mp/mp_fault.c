@@ -16,6 +16,9 @@
  *                                 V expects nothing from F, F sends data
  *  --mode bad-args                invalid arguments get named errors and
  *                                 leave the communicator usable
+ *  --mode create-fails            mox_comm_create must fail (a bad MOX_*
+ *                                 value in the environment): each rank
+ *                                 prints the error and exits 0
  *  --coll a2a|rs|ag               the collective of early-exit and stall:
  *                                 alltoallv (default), reduce-scatter or
  *                                 allgather of 100 f32 per rank
@@ -121,7 +124,21 @@ int main(int argc, char **argv)
         else return 2;
     }
     mox_comm_t comm;
-    mox_status_t st = mox_comm_create(NULL, &comm);
+    char err[512] = "";
+    mox_comm_params_t params = {.struct_size = sizeof params,
+                                .error_buf = err,
+                                .error_buf_len = sizeof err};
+    mox_status_t st = mox_comm_create(&params, &comm);
+    if (strcmp(mode, "create-fails") == 0) {
+        if (st == MOX_OK) {
+            printf("MOXTEST mox_comm_create succeeded\n");
+            mox_comm_destroy(comm);
+            return 1;
+        }
+        printf("MOXTEST error: mox_comm_create: %s: %s\n",
+               mox_status_name(st), err);
+        return 0;
+    }
     if (st != MOX_OK)
         return 1;
     me = mox_comm_rank(comm);
