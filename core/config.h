@@ -62,7 +62,8 @@ typedef enum {
       "TCP_RCVBUF), which caps the data in flight per connection so that "     \
       "connections sharing a link share it evenly: a size such as 256K, ucx "  \
       "(UCX's and the kernel's choice) or auto = 64K when MOX_NET_TLS "        \
-      "lets UCX use tcp; UCX_TCP_RCVBUF in the environment wins")              \
+      "lets UCX use tcp; mox_comm_create sets UCX_TCP_RCVBUF in the "          \
+      "environment to it, unless the user set UCX_TCP_RCVBUF")                 \
     X(net_connect, "MOX_NET_CONNECT", MOX_CFG_INT, "256", NULL, 0, 1 << 30,    \
       "communicators of at most this many ranks on several nodes connect "     \
       "every pair of ranks on different nodes at creation (one byte each "     \

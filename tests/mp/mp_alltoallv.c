@@ -9,16 +9,20 @@
 #include "mox/mox.h"
 #include "testdata.h"
 
+#include <dirent.h>
 #include <getopt.h>
 #include <inttypes.h>
+#include <netinet/in.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 
 typedef struct {
     uint64_t seed, iters, max_count, min_total_bytes;
     int zero_pct, elem_bytes, alltoall, nonblocking;
     int silent_rank; /* this rank sends nothing (-1: none) */
+    long expect_rcvbuf; /* SO_RCVBUF of every connection to another node */
 } opts_t;
 
 static void usage(FILE *f)
@@ -26,6 +30,12 @@ static void usage(FILE *f)
     fprintf(f, "usage: mp_alltoallv [--seed S] [--iters N] [--max-count C]\n"
                "  [--zero-pct P] [--elem-bytes B] [--silent-rank R]\n"
                "  [--min-total-bytes B] [--alltoall] [--nonblocking]\n"
+               "  [--expect-rcvbuf B]\n"
+               "--expect-rcvbuf: after the run, at least one connected TCP\n"
+               "socket per rank on another node has SO_RCVBUF == B (the\n"
+               "kernel's value, twice what was set), and none has grown\n"
+               "past B or the kernel's initial size (tcp_rmem), as an\n"
+               "autotuned one does after traffic.\n"
                "Checks alltoall(v) results against seeded data; run it "
                "under tools/mox-run.\n");
 }
@@ -37,8 +47,9 @@ static int parse(int argc, char **argv, opts_t *o)
         {"max-count", 1, 0, 'c'},  {"zero-pct", 1, 0, 'z'},
         {"elem-bytes", 1, 0, 'e'}, {"silent-rank", 1, 0, 'r'},
         {"min-total-bytes", 1, 0, 't'}, {"alltoall", 0, 0, 'a'},
-        {"nonblocking", 0, 0, 'n'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    *o = (opts_t){1, 3, 1000, 0, 20, 4, 0, 0, -1};
+        {"nonblocking", 0, 0, 'n'}, {"expect-rcvbuf", 1, 0, 'b'},
+        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+    *o = (opts_t){1, 3, 1000, 0, 20, 4, 0, 0, -1, 0};
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
@@ -51,6 +62,7 @@ static int parse(int argc, char **argv, opts_t *o)
         case 't': o->min_total_bytes = strtoull(optarg, NULL, 0); break;
         case 'a': o->alltoall = 1; break;
         case 'n': o->nonblocking = 1; break;
+        case 'b': o->expect_rcvbuf = atol(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -59,6 +71,35 @@ static int parse(int argc, char **argv, opts_t *o)
 }
 
 /* Elements src sends dst in iteration `it` (every rank computes the same). */
+/* Connected IPv4 TCP sockets of this process: how many have SO_RCVBUF ==
+ * want, and the largest SO_RCVBUF among them. */
+static void tcp_rcvbufs(long want, int *n_want, long *max)
+{
+    *n_want = 0;
+    *max = 0;
+    DIR *d = opendir("/proc/self/fd");
+    if (!d)
+        return;
+    for (struct dirent *e; (e = readdir(d)) != NULL;) {
+        int fd = atoi(e->d_name), type = 0, rb = 0;
+        socklen_t len = sizeof type;
+        struct sockaddr_in peer;
+        socklen_t plen = sizeof peer;
+        if (e->d_name[0] == '.' || fd == dirfd(d) ||
+            getsockopt(fd, SOL_SOCKET, SO_TYPE, &type, &len) != 0 ||
+            type != SOCK_STREAM ||
+            getpeername(fd, (struct sockaddr *)&peer, &plen) != 0 ||
+            peer.sin_family != AF_INET)
+            continue;
+        len = sizeof rb;
+        if (getsockopt(fd, SOL_SOCKET, SO_RCVBUF, &rb, &len) != 0)
+            continue;
+        *n_want += rb == want;
+        *max = rb > *max ? rb : *max;
+    }
+    closedir(d);
+}
+
 static uint64_t count_of(const opts_t *o, uint64_t it, int src, int dst)
 {
     if (src == o->silent_rank)
@@ -164,6 +205,26 @@ int main(int argc, char **argv)
         for (int s = 0; s < P; s++)
             for (int d = 0; d < P; d++)
                 job_bytes += count_of(&o, it, s, d) * (uint64_t)o.elem_bytes;
+    }
+    if (!bad && o.expect_rcvbuf) {
+        mox_topo_info_t t = {.struct_size = sizeof t};
+        mox_comm_topo(comm, &t);
+        int n_want, remote = P - t.local_size;
+        long max;
+        tcp_rcvbufs(o.expect_rcvbuf, &n_want, &max);
+        long initial = 0, limit = o.expect_rcvbuf;
+        FILE *f = fopen("/proc/sys/net/ipv4/tcp_rmem", "r");
+        if (f && fscanf(f, "%*s %ld", &initial) == 1 && initial > limit)
+            limit = initial; /* other sockets (bootstrap) may stay there */
+        if (f)
+            fclose(f);
+        if (n_want < remote || max > limit) {
+            printf("rank %d: %d connected TCP sockets with SO_RCVBUF %ld "
+                   "(want at least %d, one per rank on another node), "
+                   "largest %ld\n", mox_comm_rank(comm), n_want,
+                   o.expect_rcvbuf, remote, max);
+            bad = 1;
+        }
     }
     mox_stats_t s = {.struct_size = sizeof s};
     mox_comm_stats(comm, &s);

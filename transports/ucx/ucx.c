@@ -95,6 +95,36 @@ static mox_status_t eager_max(const mox__config_t *cfg, const char *tls,
     return MOX_OK;
 }
 
+/* UCX_TCP_RCVBUF in the environment was put there by set_rcvbuf_env. */
+static int rcvbuf_env_ours;
+
+/* UCX reads its transports' settings from the environment when it opens
+ * them (ucp_config_modify(..., "TCP_RCVBUF", ...) is accepted by UCX 1.13
+ * but does not reach the tcp transport: measured with ss, its connections
+ * kept autotuned buffers), so the value goes there, unless the user set
+ * it; NULL takes back a value set earlier. */
+static void set_rcvbuf_env(const char *value)
+{
+    if (getenv("UCX_TCP_RCVBUF") && !rcvbuf_env_ours)
+        return;
+    if (value) {
+        setenv("UCX_TCP_RCVBUF", value, 1);
+        rcvbuf_env_ours = 1;
+    } else if (rcvbuf_env_ours) {
+        unsetenv("UCX_TCP_RCVBUF");
+        rcvbuf_env_ours = 0;
+    }
+}
+
+/* May UCX load its tcp transport with this UCX_TLS list? (UCX warns about
+ * TCP_RCVBUF when it does not.) */
+static int tls_has_tcp(const char *tls)
+{
+    if (tls[0] == '^')
+        return strstr(tls, "tcp") == NULL;
+    return strstr(tls, "tcp") != NULL || !strcmp(tls, "all");
+}
+
 /*
  * TCP_RCVBUF from MOX_NET_RCVBUF (*value stays NULL: leave UCX's). A
  * connection's receive buffer caps its data in flight. Left to the kernel
@@ -105,22 +135,13 @@ static mox_status_t eager_max(const mox__config_t *cfg, const char *tls,
  * MoE dispatch of 512 tokens/rank 1.18-1.34 -> 1.13-1.18 x the link
  * bound at 64K (docs/design.md). Only UCX's tcp transport reads it.
  */
-/* May UCX load its tcp transport with this UCX_TLS list? (UCX warns about
- * TCP_RCVBUF when it does not.) */
-static int tls_has_tcp(const char *tls)
-{
-    if (tls[0] == '^')
-        return strstr(tls, "tcp") == NULL;
-    return strstr(tls, "tcp") != NULL || !strcmp(tls, "all");
-}
-
 static mox_status_t rcvbuf_size(const mox__config_t *cfg, const char *tls,
                                 char *buf, size_t len, const char **value,
                                 char *why, size_t why_len)
 {
     const char *v = cfg->net_rcvbuf_str ? cfg->net_rcvbuf_str : "auto";
     *value = NULL;
-    if (getenv("UCX_TCP_RCVBUF") || !strcmp(v, "ucx") ||
+    if ((getenv("UCX_TCP_RCVBUF") && !rcvbuf_env_ours) || !strcmp(v, "ucx") ||
         (!strcmp(v, "auto") && !tls_has_tcp(tls)))
         return MOX_OK;
     int64_t bytes = !strcmp(v, "auto") ? 64 << 10 : mox__parse_size(v);
@@ -179,12 +200,8 @@ static mox_status_t open_worker(mox__transport_t *tp, ucp_address_t **addr,
     if (st == MOX_OK)
         st = rcvbuf_size(cfg, tls, rcvbuf_buf, sizeof rcvbuf_buf, &rcvbuf, why,
                          why_len);
-    if (st == MOX_OK && rcvbuf &&
-        (us = ucp_config_modify(ucfg, "TCP_RCVBUF", rcvbuf)) != UCS_OK) {
-        snprintf(why, why_len, "UCX rejects TCP_RCVBUF=%s (MOX_NET_RCVBUF):"
-                 " %s", rcvbuf, ucs_status_string(us));
-        st = MOX_ERR_CONFIG;
-    }
+    if (st == MOX_OK)
+        set_rcvbuf_env(rcvbuf);
     if (st != MOX_OK) {
         ucp_config_release(ucfg);
         return st;
