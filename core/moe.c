@@ -179,6 +179,11 @@ mox_status_t mox_moe_create(mox_comm_t c, const mox_moe_config_t *g,
      * not be had, so combine takes the message path. Read once here, not
      * on every combine. */
     m->cbuf_failed = getenv("MOX_TEST_COMBINE_MESSAGES") != NULL;
+    /* MOX_TEST_BAD_NOTE=R (tests only): rank R tells local ranks that
+     * read its rows in place an offset past its buffer, as a corrupt peer
+     * would; they must fail with MOX_ERR_PROTOCOL and R must not hang. */
+    const char *bad_note = getenv("MOX_TEST_BAD_NOTE");
+    m->test_bad_note = bad_note ? atoi(bad_note) : -1;
     resolve(m, g);
     st = agree(m);
     if (st != MOX_OK) {

@@ -114,6 +114,9 @@ struct mox_moe {
     mox__shmbuf_t cbuf;
     int cbuf_failed;        /* could not be made (or a test said so):
                                combine uses messages */
+    int test_bad_note;      /* MOX_TEST_BAD_NOTE: this rank's answers to
+                               in-place reads name a wrong offset (tests
+                               only; -1 = none) */
     mox__shmbuf_t *peer_cbuf; /* [L] */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */

@@ -538,6 +538,8 @@ static mox_status_t back_ready(struct mox_req *req, combine_t *s)
             /* x reads them where they are; I finish once it is done. */
             s->nout[l] = (note_t){m->rbuf.gen, m->rbuf.bytes,
                                   (uint64_t)(rows - rb0)};
+            if (m->test_bad_note == c->rank)
+                s->nout[l].off = m->rbuf.bytes; /* tests: a corrupt note */
             mox__count_put(c, n * rb);
             st = mox__irecv(c, x, mox__tag(req->seq, STEP_DONE), &s->dnote[l],
                             sizeof s->dnote[l], &s->drecv[l]);
