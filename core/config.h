@@ -128,8 +128,9 @@ typedef enum {
       (int64_t)1 << 24,                                                        \
       "reduce-scatter vectors (bytes of the whole vector) and allgathers "    \
       "whose blocks (bytes of the largest) are up to this size go through "    \
-      "the shm segment's collective area when all ranks share one node, "      \
-      "block-sparse reduce-scatters too (the segment holds 2 "                 \
+      "the shm segment's collective area when all ranks share one node; "      \
+      "block-sparse reduce-scatters up to 16 times this size too when "        \
+      "every rank's present blocks fit it packed (the segment holds 2 "        \
       "slots of this size, plus 1/64 for a sparse bitmap, per local rank, "    \
       "capped so the area stays within about 32 MiB per node; "                \
       "allgathers above 64k on 2 ranks stay flat; same value on every "        \

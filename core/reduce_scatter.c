@@ -33,10 +33,14 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
     size_t bytes = total * mox__dtype_size(a->dtype);
     /* One node, small vector: every rank reads the others' inputs in the
      * shm collective area (MOX_SHM_SMALL), no messages; block-sparse ones
-     * write and read only their present blocks there, after a bitmap. */
-    int shm = algo == MOX_RSAG_AUTO && mox__shm_small_fits(c, bytes) &&
-              mox__shm_sparse_bitmap_bytes(total, a->block_elems) <=
-                  (uint64_t)c->cfg.shm_small / 64;
+     * up to 16 x that size write their present blocks there, packed after a
+     * bitmap, when they fit (else messages, decided alike on every
+     * rank). */
+    int shm = algo == MOX_RSAG_AUTO &&
+              (a->block_elems
+                   ? mox__shm_sparse_may(c, total, a->block_elems,
+                                         mox__dtype_size(a->dtype))
+                   : mox__shm_small_fits(c, bytes));
     /* rhalving is dense only: sparse vectors keep their own messages. */
     /* On one node the direct shm exchange is faster than log2(P) steps
      * (measured on 1 x 8), so auto takes rhalving across nodes only. */

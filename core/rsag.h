@@ -114,7 +114,7 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
                                       const mox__ag_args_t *a);
 
 /* Small vectors on one node, through the shm collective area
- * (rsag_shm_small.c, dense only). mox__shm_small_fits: 1 when the
+ * (rsag_shm_small.c). mox__shm_small_fits: 1 when the
  * communicator has several ranks, all on one node, and a vector of
  * `bytes` (the whole vector) fits MOX_SHM_SMALL; the same on every rank,
  * as MOX_SHM_SMALL must be. */
@@ -123,6 +123,14 @@ int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes);
  * data (a multiple of 64 bytes; 0 when dense). A slot has room for
  * MOX_SHM_SMALL bytes of data and a bitmap of 1/64 of that. */
 size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems);
+/* Block-sparse reduce-scatter may try the shm area (the same on every
+ * rank): one node, a vector of at most 16 x MOX_SHM_SMALL bytes, and the
+ * bitmap and prefix counts take at most 1/8 of MOX_SHM_SMALL. The
+ * present blocks go packed into each rank's slot; when some rank's do not
+ * fit, every rank sees it after the one flag exchange and the request
+ * goes on as the message algorithm. */
+int mox__shm_sparse_may(mox__comm_t *c, uint64_t total, uint64_t block_elems,
+                        size_t elem_bytes);
 mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
                                      const mox__rs_args_t *a);
 mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a);

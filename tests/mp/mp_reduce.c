@@ -29,6 +29,7 @@ typedef struct {
     mox_op_t op;
     uint64_t seed, iters, max_count, block;
     int zero_pct, in_place, nonblocking, density, victim, check_inter;
+    int dense_rank; /* sparse: this rank has every block (-1: none) */
 } opts_t;
 
 static int me, P;
@@ -39,7 +40,8 @@ static void usage(FILE *f)
                "[--op OP]\n  [--seed S] [--iters N] [--count C] [--zero-pct "
                "P] [--in-place]\n  [--nonblocking] [--block B --density PCT] "
                "[--mode bad-args|mismatch|overlap --victim V] "
-               "[--check-inter]\n  [--expect-algo NAME]\n"
+               "[--check-inter]\n  [--expect-algo NAME] [--dense-rank R]\n"
+               "--dense-rank: block-sparse, rank R has every block\n"
                "--expect-algo: every collective must have run as NAME "
                "(mox_stats_t.last_op)\n"
                "--check-inter: dense reduce-scatter must send each block "
@@ -74,9 +76,9 @@ static int parse(int argc, char **argv, opts_t *o)
         {"nonblocking", 0, 0, 'b'}, {"block", 1, 0, 'B'},
         {"density", 1, 0, 'D'}, {"mode", 1, 0, 'm'}, {"victim", 1, 0, 'v'},
         {"check-inter", 0, 0, 'I'}, {"expect-algo", 1, 0, 'A'},
-        {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
+        {"dense-rank", 1, 0, 'R'}, {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
     *o = (opts_t){"rs", "check", NULL, MOX_DTYPE_F32, MOX_OP_SUM, 1, 2, 1000, 16,
-                  0, 0, 0, 50, 1, 0};
+                  0, 0, 0, 50, 1, 0, -1};
     int c, v;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
@@ -103,6 +105,7 @@ static int parse(int argc, char **argv, opts_t *o)
         case 'v': o->victim = atoi(optarg); break;
         case 'I': o->check_inter = 1; break;
         case 'A': o->algo = optarg; break;
+        case 'R': o->dense_rank = atoi(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
         }
@@ -228,6 +231,8 @@ static double eps_of(mox_dtype_t t)
 /* Sparse presence: block b of rank src. */
 static int present(const opts_t *o, uint64_t it, int src, uint64_t b)
 {
+    if (src == o->dense_rank)
+        return 1;
     return (int)(td_mix(o->seed ^ td_mix(it * 977 + (uint64_t)src) ^
                         td_mix(b * 31 + 7)) % 100) < o->density;
 }
@@ -488,6 +493,7 @@ static int iter_rs(mox_comm_t comm, const opts_t *o, uint64_t it)
         bad = check_inter(comm, o, counts,
                           after.bytes_inter - before.bytes_inter);
     if (!bad && sparse && P > 1 && o->density < 50 && total &&
+        me != o->dense_rank &&
         after.bytes_sparse_saved == before.bytes_sparse_saved) {
         printf("rank %d: sparse run saved no bytes at density %d%%\n", me,
                o->density);
