@@ -99,6 +99,7 @@ typedef struct {
     void *fb_mem;                /* fb's counts and blocks, and xs */
     const char **xs;             /* sparse: [P] one block's sources */
     size_t total_bytes;          /* sparse: the dense vector's bytes */
+    int test_bad_slot;           /* MOX_TEST_BAD_SLOT names this rank */
     uint64_t *count, *displ;     /* allgather: [P] */
     const mox__coll_slot_t **cs; /* [P] by rank */
     mox__rsag_hdr_t hdr;
@@ -285,6 +286,8 @@ static void write_slot(sm_t *s, mox__comm_t *c)
         pf[w] = n;
         n += (uint32_t)__builtin_popcountll(bm[w]);
     }
+    if (s->test_bad_slot && s->bm_bytes)
+        pf[0] += 1; /* MOX_TEST_BAD_SLOT: a corrupt slot, for the tests */
     c->stats.bytes_sparse_saved +=
         (uint64_t)(s->total_bytes - s->nblocks * blk);
 }
@@ -301,6 +304,39 @@ static void gather_blocks(const sm_t *s)
         if (bytes && src != dst) /* in place: my block is already there */
             memcpy(dst, src, bytes);
     }
+}
+
+/* Rank r's packed slot is what sparse_block trusts: its size fits the
+ * slot, and the prefix counts agree with the bitmap and add up to the
+ * blocks that follow. Every rank checks every slot, so all fail alike. */
+static mox_status_t check_packed(mox__comm_t *c, const sm_t *s, int r)
+{
+    const char *slot = s->cs[r]->slot[s->slot];
+    const uint64_t *bm = (const uint64_t *)(const void *)(slot +
+                                                          MOX_COLL_HDR_BYTES);
+    const uint32_t *pf = (const uint32_t *)(const void *)(slot +
+                                                          MOX_COLL_HDR_BYTES +
+                                                          s->bm_bytes);
+    size_t blk = (size_t)s->be * mox__dtype_size(s->dt);
+    uint64_t packed, n = 0;
+    memcpy(&packed, slot + HDR, sizeof packed);
+    const char *why = NULL;
+    if (packed > s->cs[r]->slot_bytes - MOX_COLL_HDR_BYTES ||
+        packed < s->bm_bytes + s->pf_bytes ||
+        (packed - s->bm_bytes - s->pf_bytes) % blk)
+        why = "its size";
+    for (size_t w = 0; !why && w < s->bm_bytes / 8; w++) {
+        if (pf[w] != n)
+            why = "its prefix counts";
+        n += (uint64_t)__builtin_popcountll(bm[w]);
+    }
+    if (!why && n != (packed - s->bm_bytes - s->pf_bytes) / blk)
+        why = "its block count";
+    if (!why)
+        return MOX_OK;
+    return mox__fail(c, MOX_ERR_PROTOCOL, "reduce_scatter_sparse: rank %d's "
+                     "shm slot is inconsistent (%s; %llu bytes after the "
+                     "header)", r, why, (unsigned long long)packed);
 }
 
 static void free_fb(struct mox_req *req)
@@ -350,6 +386,10 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
         memcpy(&packed, s->cs[r]->slot[s->slot] + HDR, sizeof packed);
         fall_back |= packed == NO_ROOM;
     }
+    for (int r = 0; r < s->P && st == MOX_OK && s->be && !fall_back; r++)
+        st = check_packed(c, s, r);
+    if (st == MOX_ERR_PROTOCOL)
+        req->agreed_error = 1; /* every rank read the same slots */
     if (st == MOX_OK && s->kind == MOX_RSAG_KIND_AG)
         gather_blocks(s);
     else if (st == MOX_OK && fall_back)
@@ -523,6 +563,8 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     s->fb = *a;
     s->fb.counts = counts;
     s->fb.blocks = blocks;
+    const char *bad = getenv("MOX_TEST_BAD_SLOT"); /* tests only */
+    s->test_bad_slot = bad && atoi(bad) == s->me;
     s->fb.hier = 0; /* one node: flat */
     s->fb.ring = 0;
     return MOX_OK;

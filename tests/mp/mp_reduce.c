@@ -39,7 +39,7 @@ static void usage(FILE *f)
     fprintf(f, "usage: mp_reduce [--coll rs|rsv|sparse|ag|agv] [--dtype T] "
                "[--op OP]\n  [--seed S] [--iters N] [--count C] [--zero-pct "
                "P] [--in-place]\n  [--nonblocking] [--block B --density PCT] "
-               "[--mode bad-args|mismatch|overlap --victim V] "
+               "[--mode bad-args|mismatch|overlap|corrupt --victim V] "
                "[--check-inter]\n  [--expect-algo NAME] [--dense-rank R]\n"
                "--dense-rank: block-sparse, rank R has every block\n"
                "--expect-algo: every collective must have run as NAME "
@@ -781,13 +781,17 @@ int main(int argc, char **argv)
         bad = mismatch(comm, &o);
     else if (!strcmp(o.mode, "overlap"))
         bad = overlap(comm, &o);
+    else if (!strcmp(o.mode, "corrupt"))
+        /* MOX_TEST_BAD_SLOT=R: every rank must name R's slot. */
+        bad = !iter_rs(comm, &o, 0) ||
+              !strstr(mox_comm_last_error(comm), "shm slot is inconsistent");
     else
         for (uint64_t it = 0; it < o.iters && !bad; it++)
             bad = o.coll[0] == 'a' ? iter_ag(comm, &o, it)
                                    : iter_rs(comm, &o, it);
     mox_stats_t s = {.struct_size = sizeof s};
     mox_comm_stats(comm, &s);
-    if (!bad && strcmp(o.mode, "mismatch"))
+    if (!bad && strcmp(o.mode, "mismatch") && strcmp(o.mode, "corrupt"))
         printf("MOXTEST ok rank %d inter_bytes %" PRIu64 " intra_bytes %"
                PRIu64 " sparse_saved %" PRIu64 "\n", me, s.bytes_inter,
                s.bytes_intra, s.bytes_sparse_saved);
