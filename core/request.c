@@ -226,6 +226,32 @@ void mox__req_abort(struct mox_req *req, mox_status_t st)
     mox_req_free(req);
 }
 
+/* How long a failed request waits for its sends already posted before it
+ * cancels them. */
+#define FLUSH_SENDS_MS 100
+
+/* A failed request's sends may be what its peers need to fail cleanly
+ * (a ring's abort header, the data a peer still reduces); cancelling a
+ * UCX send force-closes its endpoint, which drops them and shows the peer
+ * a broken connection instead. So give them a moment to go out first.
+ * Measured: the allgather ring's mismatch test saw the rank after the one
+ * that found the mismatch fail with MOX_ERR_PEER ("Endpoint timeout")
+ * instead of the mismatch, in CI. */
+static void flush_sends(struct mox_req *req)
+{
+    mox__comm_t *c = req->comm;
+    uint64_t deadline = mox__now_ns() + FLUSH_SENDS_MS * UINT64_C(1000000);
+    for (;;) {
+        int pending = 0;
+        for (size_t i = 0; i < req->ntreqs && !pending; i++) {
+            const mox__treq_t *r = &req->treqs[i];
+            pending = r->posted && r->is_send && !r->done;
+        }
+        if (!pending || mox__now_ns() >= deadline || mox__progress(c) < 0)
+            return;
+    }
+}
+
 static void cancel_pending(struct mox_req *req)
 {
     mox__comm_t *c = req->comm;
@@ -258,6 +284,7 @@ static void finish(struct mox_req *req, mox_status_t st)
     req->status = st;
     unlink_active(req);
     if (st != MOX_OK) {
+        flush_sends(req);
         cancel_pending(req);
         if (!req->agreed_error || st == MOX_ERR_TIMEOUT)
             c->failed = 1;
