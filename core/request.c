@@ -247,8 +247,13 @@ static void flush_sends(struct mox_req *req)
             const mox__treq_t *r = &req->treqs[i];
             pending = r->posted && r->is_send && !r->done;
         }
-        if (!pending || mox__now_ns() >= deadline || mox__progress(c) < 0)
+        if (!pending || mox__now_ns() >= deadline)
             return;
+        int events = mox__progress(c);
+        if (events < 0)
+            return;
+        if (events == 0)
+            sched_yield(); /* peers may need this core to take them */
     }
 }
 
