@@ -80,7 +80,8 @@ typedef struct {
     unsigned polls;
     uint64_t wait_ns, check_ns;  /* waiting on `next` since; last check */
     const char *src;             /* what goes into my slot */
-    size_t src_bytes;
+    size_t src_bytes;            /* dense: what goes into my slot;
+                                    sparse: the dense vector's bytes */
     char *out;
     mox_dtype_t dt;
     mox_op_t op;
@@ -98,7 +99,6 @@ typedef struct {
                                     blocks do not fit its slot */
     void *fb_mem;                /* fb's counts and blocks, and xs */
     const char **xs;             /* sparse: [P] one block's sources */
-    size_t total_bytes;          /* sparse: the dense vector's bytes */
     int test_bad_slot;           /* MOX_TEST_BAD_SLOT names this rank */
     uint64_t *count, *displ;     /* allgather: [P] */
     const mox__coll_slot_t **cs; /* [P] by rank */
@@ -289,7 +289,7 @@ static void write_slot(sm_t *s, mox__comm_t *c)
     if (s->test_bad_slot && s->bm_bytes)
         pf[0] += 1; /* MOX_TEST_BAD_SLOT: a corrupt slot, for the tests */
     c->stats.bytes_sparse_saved +=
-        (uint64_t)(s->total_bytes - s->nblocks * blk);
+        (uint64_t)(s->src_bytes - s->nblocks * blk);
 }
 
 static void gather_blocks(const sm_t *s)
@@ -304,6 +304,18 @@ static void gather_blocks(const sm_t *s)
         if (bytes && src != dst) /* in place: my block is already there */
             memcpy(dst, src, bytes);
     }
+}
+
+/* MOX_TEST_BAD_SLOT=R (tests only): rank R writes wrong prefix counts.
+ * Read from the environment once per process, not on every call. */
+static int test_bad_slot_rank(void)
+{
+    static int rank = -2;
+    if (rank == -2) {
+        const char *v = getenv("MOX_TEST_BAD_SLOT");
+        rank = v ? atoi(v) : -1;
+    }
+    return rank;
 }
 
 /* Rank r's packed slot is what sparse_block trusts: its size fits the
@@ -544,7 +556,6 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     /* Sparse: my blocks packed, after the bitmap and one prefix count per
      * bitmap word; keep the arguments for the message algorithm. */
     size_t blk = (size_t)s->be * mox__dtype_size(s->dt);
-    s->total_bytes = s->src_bytes;
     s->pf_bytes = (s->bm_bytes / 8 * sizeof(uint32_t) + 63) / 64 * 64;
     uint64_t need = s->bm_bytes + s->pf_bytes + a->nblocks * (uint64_t)blk;
     s->packed = MOX_COLL_HDR_BYTES + need <= s->cs[s->me]->slot_bytes
@@ -563,8 +574,7 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     s->fb = *a;
     s->fb.counts = counts;
     s->fb.blocks = blocks;
-    const char *bad = getenv("MOX_TEST_BAD_SLOT"); /* tests only */
-    s->test_bad_slot = bad && atoi(bad) == s->me;
+    s->test_bad_slot = test_bad_slot_rank() == s->me;
     s->fb.hier = 0; /* one node: flat */
     s->fb.ring = 0;
     return MOX_OK;
