@@ -325,6 +325,28 @@ MOX_CLONES void mox__accumulate_f32(mox_dtype_t from, const void *src, float *ds
     }
 }
 
+/* Rows of expert outputs come from memory (another rank wrote them), and
+ * summing them waited on it: prefetching the next row while summing this
+ * one took a single-threaded sum of 2719 bf16 rows of 7168 (combine's
+ * source side on 1 x 8, 512 tokens) from 6.8-7.8 to 6.1-6.6 ms. */
+#define NEXT_STEP 256 /* elements summed per prefetch burst */
+void mox__accumulate_f32_next(mox_dtype_t from, const void *src, float *dst,
+                              size_t n, const void *next)
+{
+    if (!next) {
+        mox__accumulate_f32(from, src, dst, n);
+        return;
+    }
+    size_t es = mox__dtype_size(from);
+    const char *s = src, *nx = next;
+    for (size_t i = 0; i < n; i += NEXT_STEP) {
+        size_t m = n - i < NEXT_STEP ? n - i : NEXT_STEP;
+        for (size_t b = 0; b < m * es; b += 64)
+            __builtin_prefetch(nx + i * es + b);
+        mox__accumulate_f32(from, s + i * es, dst + i, m);
+    }
+}
+
 /* ------------------------------------------------------------------ */
 /* fp8 blocks                                                          */
 

@@ -52,6 +52,11 @@ void mox__from_f32(mox_dtype_t to, const float *src, void *dst, size_t n);
 /* dst[i] += (f32) src[i] for n elements of type `from`. */
 void mox__accumulate_f32(mox_dtype_t from, const void *src, float *dst,
                          size_t n);
+/* The same, prefetching the n elements at `next` (the row the caller sums
+ * after this one; NULL = none) as it goes, so that row streams in from
+ * memory while this one is summed. Same additions, same result. */
+void mox__accumulate_f32_next(mox_dtype_t from, const void *src, float *dst,
+                              size_t n, const void *next);
 
 /* fp8 blocks: MOX_FP8_BLOCK values share one f32 scale. */
 #define MOX_FP8_BLOCK 128

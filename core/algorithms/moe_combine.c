@@ -149,6 +149,15 @@ static void accumulate(const struct mox_moe *m, const char *wire_row,
                         wire_row, acc, (size_t)m->H);
 }
 
+/* accumulate, prefetching the row summed next (NULL: none). */
+static void accumulate_next(const struct mox_moe *m, const char *wire_row,
+                            float *acc, const char *next)
+{
+    mox__accumulate_f32_next(m->comb_elem == 4 ? MOX_DTYPE_F32
+                                               : MOX_DTYPE_BF16,
+                             wire_row, acc, (size_t)m->H, next);
+}
+
 /* Lay out send and receive areas and post every receive and every send
  * that needs no peer data. */
 static mox_status_t post_initial(struct mox_req *req, combine_t *s)
@@ -447,8 +456,23 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
  * bytes; on 1 x 8 that array was a fifth of the whole run.) Per element
  * the additions are the same, in the same order, as in that array. Rows
  * of local ranks that said where they are in their receive buffers are
- * read there.
+ * read there. The rows of the next token are listed before this token's
+ * are summed, so that every row is prefetched while the one before it is
+ * summed (mox__accumulate_f32_next).
  */
+/* The rows returned for token t, in rank order, into rows[]; advances the
+ * cursors past them. Returns how many. */
+static size_t token_rows(size_t t, size_t P, size_t rb, const int32_t **item,
+                         const char **from, uint64_t *cur, const uint64_t *end,
+                         const char **rows)
+{
+    size_t n = 0;
+    for (size_t x = 0; x < P; x++)
+        if (cur[x] < end[x] && (size_t)item[x][cur[x]] == t)
+            rows[n++] = from[x] + cur[x]++ * rb;
+    return n;
+}
+
 static mox_status_t finish_out(combine_t *s)
 {
     struct mox_moe *m = s->m;
@@ -456,7 +480,7 @@ static mox_status_t finish_out(combine_t *s)
     size_t H = (size_t)m->H, rb = s->row_bytes, P = (size_t)m->P;
     size_t T = (size_t)m->num_tokens, ob = H * m->x_elem;
     uint64_t *cur = mox__buf_reserve(&m->comb_part, 3 * P * sizeof(uint64_t) +
-                                                        P * sizeof(char *) +
+                                                        3 * P * sizeof(char *) +
                                                         H * sizeof(float) + 8);
     if (!cur)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe_combine: no memory "
@@ -464,7 +488,8 @@ static mox_status_t finish_out(combine_t *s)
     uint64_t *end = cur + P;
     const int32_t **item = (const int32_t **)(void *)(end + P);
     const char **from = (const char **)(void *)(item + P);
-    float *acc = (float *)(void *)(from + P);
+    const char **rows = from + P, **next_rows = rows + P; /* [P] each */
+    float *acc = (float *)(void *)(next_rows + P);
     for (size_t x = 0; x < P; x++) {
         const mox__csr_t *bl = back_list(m, (int)x);
         item[x] = bl->item + bl->off[x];
@@ -492,12 +517,20 @@ static mox_status_t finish_out(combine_t *s)
             return st;
         from[x] = base + nt->off;
     }
+    size_t n = T ? token_rows(0, P, rb, item, from, cur, end, rows) : 0;
     for (size_t t = 0; t < T; t++) {
+        size_t nn = t + 1 < T ? token_rows(t + 1, P, rb, item, from, cur,
+                                           end, next_rows)
+                              : 0;
         memset(acc, 0, H * sizeof(float));
-        for (size_t x = 0; x < P; x++)
-            if (cur[x] < end[x] && (size_t)item[x][cur[x]] == t)
-                accumulate(m, from[x] + cur[x]++ * rb, acc);
+        for (size_t j = 0; j < n; j++)
+            accumulate_next(m, rows[j], acc,
+                            j + 1 < n ? rows[j + 1] : nn ? next_rows[0] : NULL);
         mox__from_f32(m->cfg.x_dtype, acc, (char *)s->out + t * ob, H);
+        const char **tmp = rows;
+        rows = next_rows;
+        next_rows = tmp;
+        n = nn;
     }
     for (size_t x = 0; x < P; x++)
         if (cur[x] != end[x])

@@ -662,7 +662,7 @@ static void test_fp8_bf16_and_f16_sources(void **state)
 
 static const mox_dtype_t float_types[] = {MOX_DTYPE_F32, MOX_DTYPE_BF16,
                                           MOX_DTYPE_F16, MOX_DTYPE_F64};
-static const size_t array_sizes[] = {0, 1, 63, 64, 65, 200, 7168};
+static const size_t array_sizes[] = {0, 1, 63, 64, 65, 200, 7168, 7205};
 
 /* Random element of type t (any bit pattern for 16-bit types, NaNs
  * included) and its exact value. */
@@ -752,7 +752,9 @@ static void test_from_f32_matches_reference_for_every_float_type(void **state)
         }
 }
 
-static void test_accumulate_adds_in_f32_for_every_float_type(void **state)
+/* mox__accumulate_f32, or with `prefetch` mox__accumulate_f32_next given a
+ * next row (its own buffer, the same length): the same sums either way. */
+static void accumulate_adds_in_f32(int prefetch)
 {
     rng_seed(25);
     for (size_t k = 0; k < 4; k++)
@@ -772,7 +774,12 @@ static void test_accumulate_adds_in_f32_for_every_float_type(void **state)
             }
             for (size_t i = n; i < n + CANARY; i++)
                 acc[i] = 42.0f;
-            mox__accumulate_f32(t, src, acc, n);
+            unsigned char *next = prefetch ? malloc(n * es + 1) : NULL;
+            if (prefetch)
+                mox__accumulate_f32_next(t, src, acc, n, next);
+            else
+                mox__accumulate_f32(t, src, acc, n);
+            free(next);
             for (size_t i = 0; i < n; i++) {
                 if (isnan(want[i]))
                     assert_true(isnan(acc[i]));
@@ -785,6 +792,16 @@ static void test_accumulate_adds_in_f32_for_every_float_type(void **state)
             free(acc);
             free(want);
         }
+}
+
+static void test_accumulate_adds_in_f32_for_every_float_type(void **state)
+{
+    accumulate_adds_in_f32(0);
+}
+
+static void test_accumulate_next_adds_the_same(void **state)
+{
+    accumulate_adds_in_f32(1);
 }
 
 /* The fp32 accumulation rule: 16-bit inputs summed in f32 and rounded once.
@@ -831,6 +848,7 @@ int main(void)
         cmocka_unit_test(test_to_f32_matches_reference_for_every_float_type),
         cmocka_unit_test(test_from_f32_matches_reference_for_every_float_type),
         cmocka_unit_test(test_accumulate_adds_in_f32_for_every_float_type),
+        cmocka_unit_test(test_accumulate_next_adds_the_same),
         cmocka_unit_test(test_accumulate_16bit_in_f32_rounds_once),
     };
     return cmocka_run_group_tests(tests, setup_tables, teardown_tables);
