@@ -184,6 +184,11 @@ mox_status_t mox_moe_create(mox_comm_t c, const mox_moe_config_t *g,
      * would; they must fail with MOX_ERR_PROTOCOL and R must not hang. */
     const char *bad_note = getenv("MOX_TEST_BAD_NOTE");
     m->test_bad_note = bad_note ? atoi(bad_note) : -1;
+    /* MOX_TEST_SHORT_BACK=R (tests only): rank R, as a forwarder, sends
+     * its first chunk of summed rows back one row short; the source must
+     * fail with MOX_ERR_PROTOCOL, not sum what is not there. */
+    const char *short_back = getenv("MOX_TEST_SHORT_BACK");
+    m->test_short_back = short_back ? atoi(short_back) : -1;
     resolve(m, g);
     st = agree(m);
     if (st != MOX_OK) {

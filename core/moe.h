@@ -117,6 +117,9 @@ struct mox_moe {
     int test_bad_note;      /* MOX_TEST_BAD_NOTE: this rank's answers to
                                in-place reads name a wrong offset (tests
                                only; -1 = none) */
+    int test_short_back;    /* MOX_TEST_SHORT_BACK: as a forwarder, this
+                               rank sends its first chunk of summed rows
+                               back one row short (tests only; -1 = none) */
     mox__shmbuf_t *peer_cbuf; /* [L] */
     uint64_t *hopin_off;    /* [P+1] byte offsets of each source in hopin */
     uint64_t *hopin_first;  /* [P+1] index of each source's first record */

@@ -406,7 +406,11 @@ static void usage(FILE *f)
                "  [--mode ok|bad-expert|dup-expert|null-x|small-capacity|bad-hidden|bad-note|"
                "bad-experts --victim R]\n"
                "  (bad-note: run with MOX_TEST_BAD_NOTE=R, rank R answers "
-               "in-place reads with a bad offset)\n");
+               "in-place reads with a bad offset,\n"
+               "  or MOX_TEST_SHORT_BACK=R, rank R as a forwarder sends "
+               "summed rows one row short;\n"
+               "  a combine that fails passes, one that succeeds must be "
+               "right)\n");
 }
 
 static int parse(int argc, char **argv)
