@@ -109,16 +109,19 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
     for (int r = 0; r < c->size; r++)
         total += recvcounts[r];
     int64_t algo = c->cfg.allgather_algo;
-    /* One node, blocks that fit a slot of the shm collective area
-     * (MOX_SHM_SMALL): every rank writes its block there and copies the
-     * others out, no messages. Two user-space copies beat one CMA copy on
-     * a busy node (1 x 8, 8 MiB: 3.0 against 4.6 ms). */
+    /* One node: every rank writes its block into its slot of the shm
+     * collective area (MOX_SHM_SMALL) and copies the others out, no
+     * messages; larger blocks in rounds of a slot each. Two user-space
+     * copies beat one CMA copy on a busy node (1 x 8, 8 MiB: 3.0 against
+     * 4.6 ms; 64 MiB in rounds 25-26 against 48-56 ms). */
     /* Two ranks: one single copy each beats writing and reading the area
      * above 64 KiB (1 x 2, measured: 21 against 36 us at 128 KiB). */
     uint64_t maxblk = 0;
     for (int r = 0; r < c->size; r++)
         maxblk = recvcounts[r] > maxblk ? recvcounts[r] : maxblk;
-    int shm = algo == MOX_RSAG_AUTO && mox__shm_small_fits(c, maxblk * esz) &&
+    /* Larger blocks go through the area in rounds of a slot each. */
+    int shm = algo == MOX_RSAG_AUTO && c->cfg.shm_small > 0 &&
+              mox__shm_ag_rounds(c, maxblk * esz) > 0 &&
               (c->size > 2 || total * esz <= (64 << 10));
     /* On one node the direct shm exchange (flat) is faster than log2(P)
      * steps (1 x 8, 32 B - 16 KiB: 15-30 us against 32-53 us), so auto

@@ -50,7 +50,8 @@ struct mox_comm {
     uint64_t coll_seq;      /* collectives started; same on every rank */
     /* Small collectives through the shm collective area
      * (core/algorithms/rsag_shm_small.c), in the order they started; the
-     * same on every rank, as coll_seq. Values are seq + 1 (0: none). */
+     * same on every rank, as coll_seq. Values are flag values,
+     * (seq + 1) << 20 plus the round of an op in rounds (0: none). */
     struct {
         uint64_t ops;       /* started: op i uses slot i % MOX_COLL_SLOTS */
         uint64_t last_seq1; /* the last one started */

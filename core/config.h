@@ -118,8 +118,9 @@ typedef enum {
       "peers, then shm; all ranks on one or uneven nodes) or ring (hier "      \
       "with a pipelined ring among rail peers; equal nodes, else hier); "      \
       "auto = rdoubling across nodes up to MOX_RSAG_SMALL, the shm "           \
-      "collective area on one node up to MOX_SHM_SMALL, else ring on 3 or "    \
-      "more equal nodes, hier on other nodes, flat on one node")               \
+      "collective area on one node (blocks above MOX_SHM_SMALL in rounds; "    \
+      "flat on 2 ranks above 64 KiB or with MOX_SHM_SMALL=0), else ring on "   \
+      "3 or more equal nodes, hier on other nodes")                            \
     X(rsag_small, "MOX_RSAG_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,              \
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
@@ -128,7 +129,8 @@ typedef enum {
       (int64_t)1 << 24,                                                        \
       "reduce-scatter vectors (bytes of the whole vector) and allgathers "    \
       "whose blocks (bytes of the largest) are up to this size go through "    \
-      "the shm segment's collective area when all ranks share one node; "      \
+      "the shm segment's collective area when all ranks share one node "       \
+      "(allgathers with larger blocks too, in rounds of a slot each); "        \
       "block-sparse reduce-scatters up to 16 times this size too when "        \
       "every rank's present blocks fit it packed (the segment holds 2 "        \
       "slots of this size, plus 1/64 for a sparse bitmap, per local rank, "    \

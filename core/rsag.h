@@ -133,7 +133,12 @@ int mox__shm_sparse_may(mox__comm_t *c, uint64_t total, uint64_t block_elems,
                         size_t elem_bytes);
 mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
                                      const mox__rs_args_t *a);
+/* Allgather through the shm area: blocks larger than a slot go in rounds
+ * of a slot's capacity each. mox__shm_ag_rounds: how many rounds blocks
+ * of up to `max_block_bytes` take (0: not on this communicator, or more
+ * than the flag values can number). */
 mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a);
+uint32_t mox__shm_ag_rounds(mox__comm_t *c, uint64_t max_block_bytes);
 
 /*
  * The data messages of a ring (reduce_scatter_ring, allgather_ring) as

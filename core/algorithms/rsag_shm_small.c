@@ -9,7 +9,12 @@
  * Each local rank owns two flags and MOX_COLL_SLOTS (2) slots; only the
  * owner writes them. Small op number i (counted on the communicator, the
  * same on every rank) with sequence number seq uses slot b = i % 2 and
- * the flag value k = seq + 1 (64 bits, never wraps):
+ * the flag value k = (seq + 1) << ROUND_BITS (64 bits, never wraps).
+ * An allgather whose blocks do not fit a slot runs in rounds: round j
+ * moves bytes [j * cap, (j + 1) * cap) of every block (cap: a slot's data
+ * capacity) as op number i + j with flag value k + j; all its rounds are
+ * numbered when it starts, so ops started after it come after its last
+ * round. Each round is:
  *  1. turn: this rank's previous small op has finished (a second op in
  *     flight waits here for the first: ops run one at a time, in order),
  *     and every rank has read >= k', where k' is the value of the op that
@@ -39,6 +44,14 @@
  * in the other slot): the header's sequence number tells whose data the
  * slot holds.
  *
+ * Rounds: CMA reads at about 10.5 GB/s on one core here, memcpy from
+ * shared memory at about 19 GB/s, and each block is written once and
+ * read P - 1 times; 1 x 8 allgather of 64 MiB took 25-26 ms in rounds of
+ * 1 MiB against 48-56 ms with one CMA copy per block (flat), 32 MiB 16-17
+ * against 25-26 ms. A mismatch in an op of several rounds fails the
+ * communicator (ranks that disagree on the counts may have numbered
+ * different rounds).
+ *
  * Waiting is the request's progress returning MOX_IN_PROGRESS, so
  * mox_test/mox_wait, their idle policy and MOX_TIMEOUT apply; the request
  * also times out by itself (no flag moved for MOX_TIMEOUT, naming the
@@ -63,6 +76,9 @@
  * blocks fit at up to 1/SPARSE_TRY density). Beyond, the flag exchange
  * that finds they do not fit cost 1.2 ms (6 %) at 64 MiB on 1 x 8. */
 #define SPARSE_TRY 16
+/* Flag values: (seq + 1) << ROUND_BITS, plus the round. */
+#define ROUND_BITS 20
+#define MAX_ROUNDS ((1u << ROUND_BITS) - 1)
 _Static_assert(HDR + 8 <= MOX_COLL_HDR_BYTES, "room for the packed size");
 /* How often a rank that waits asks whether the rank it waits for lives. */
 #define PEER_CHECK_NS (100u * 1000u * 1000u)
@@ -77,6 +93,12 @@ typedef struct {
     int next;                    /* first rank not yet seen in this phase */
     int waiting;                 /* rank keeping us waiting (-1: none) */
     uint64_t seq1, prev1, reuse1;
+    /* Rounds (allgather): this one, how many, bytes of each block per
+     * round; op number of round 0, and the flag values before this op
+     * (the last op started, the last op in each slot). */
+    uint32_t round, rounds;
+    size_t cap;
+    uint64_t ops0, prev0, before[MOX_COLL_SLOTS];
     unsigned polls;
     uint64_t wait_ns, check_ns;  /* waiting on `next` since; last check */
     const char *src;             /* what goes into my slot */
@@ -111,6 +133,16 @@ static const char *what(const sm_t *s)
     return s->kind == MOX_RSAG_KIND_AG ? "allgather" : "reduce_scatter";
 }
 
+/* Bytes of rank r's block that this round moves, from byte *at of it. */
+static size_t round_bytes(const sm_t *s, int r, size_t *at)
+{
+    size_t bytes = (size_t)s->count[r] * mox__dtype_size(s->dt);
+    *at = (size_t)s->round * s->cap;
+    if (*at >= bytes)
+        return 0;
+    return bytes - *at < s->cap ? bytes - *at : s->cap;
+}
+
 /* Is rank r still keeping us in the current phase? */
 static int pending(const sm_t *s, int r)
 {
@@ -133,7 +165,7 @@ static int describe_wait(struct mox_req *req, char *buf, size_t len)
     if (s->phase == PH_TURN && c->shm_small.done_seq1 < s->prev1)
         return snprintf(buf, len, "%d (its previous small collective, seq "
                         "%llu)", s->me,
-                        (unsigned long long)(s->prev1 - 1)) > 0;
+                        (unsigned long long)((s->prev1 >> ROUND_BITS) - 1)) > 0;
     for (int r = 0; r < s->P && n + 24 < len; r++)
         if (pending(s, r)) {
             n += (size_t)snprintf(buf + n, len - n, "%s%d (shm %s flag)",
@@ -262,6 +294,12 @@ static void write_slot(sm_t *s, mox__comm_t *c)
 {
     char *mine = s->cs[s->me]->slot[s->slot];
     memcpy(mine, s->hdr_out, HDR);
+    if (s->kind == MOX_RSAG_KIND_AG) {
+        size_t at, bytes = round_bytes(s, s->me, &at);
+        if (bytes)
+            memcpy(mine + MOX_COLL_HDR_BYTES, s->src + at, bytes);
+        return;
+    }
     if (!s->be) {
         if (s->src_bytes)
             memcpy(mine + MOX_COLL_HDR_BYTES, s->src, s->src_bytes);
@@ -296,9 +334,9 @@ static void gather_blocks(const sm_t *s)
 {
     size_t esz = mox__dtype_size(s->dt);
     for (int r = 0; r < s->P; r++) {
-        size_t bytes = (size_t)s->count[r] * esz;
-        char *dst = s->out + (size_t)s->displ[r] * esz;
-        const char *src = r == s->me ? s->src
+        size_t at, bytes = round_bytes(s, r, &at);
+        char *dst = s->out + (size_t)s->displ[r] * esz + at;
+        const char *src = r == s->me ? s->src + at
                                      : s->cs[r]->slot[s->slot] +
                                            MOX_COLL_HDR_BYTES;
         if (bytes && src != dst) /* in place: my block is already there */
@@ -379,6 +417,8 @@ static mox_status_t message_fallback(struct mox_req *req, sm_t *s)
     return req->progress(req);
 }
 
+static void enter_round(mox__comm_t *c, sm_t *s, uint32_t j);
+
 /* Everyone's data is here: check the headers, compute, release. */
 static mox_status_t complete(struct mox_req *req, sm_t *s)
 {
@@ -414,14 +454,34 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
      * so all fail alike and the slots stay in step for the next op. */
     atomic_store_explicit(s->cs[s->me]->read, s->seq1, memory_order_release);
     c->shm_small.done_seq1 = s->seq1;
-    if (st == MOX_ERR_MISMATCH)
+    if (st == MOX_ERR_MISMATCH && s->rounds == 1)
         req->agreed_error = 1;
     if (st == MOX_OK && fall_back)
         return message_fallback(req, s);
+    if (st == MOX_OK && s->round + 1 < s->rounds) {
+        enter_round(c, s, s->round + 1);
+        return MOX_IN_PROGRESS; /* progress goes on with it */
+    }
     return st;
 }
 
+static mox_status_t step(struct mox_req *req);
+
 static mox_status_t progress(struct mox_req *req)
+{
+    sm_t *s = req->state;
+    if (s->rounds == 1)
+        return step(req); /* may hand the request to another algorithm */
+    uint32_t round;
+    mox_status_t st;
+    do { /* a round that completes goes straight on to the next */
+        round = s->round;
+        st = step(req);
+    } while (st == MOX_IN_PROGRESS && s->round != round);
+    return st;
+}
+
+static mox_status_t step(struct mox_req *req)
 {
     sm_t *s = req->state;
     mox__comm_t *c = req->comm;
@@ -475,8 +535,69 @@ size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems)
 
 /* State shared by both collectives; takes this op's place in the
  * communicator's order of small ops. */
+static uint64_t flag_of(uint64_t seq, uint32_t round)
+{
+    return ((seq + 1) << ROUND_BITS) + round;
+}
+
+/* Round j of this op: its slot and flag value, what it waits for. */
+static void enter_round(mox__comm_t *c, sm_t *s, uint32_t j)
+{
+    uint64_t seq = s->hdr.seq;
+    (void)c;
+    s->round = j;
+    s->slot = (int)((s->ops0 + j) % MOX_COLL_SLOTS);
+    s->seq1 = flag_of(seq, j);
+    s->prev1 = j ? flag_of(seq, j - 1) : s->prev0;
+    s->reuse1 = j >= MOX_COLL_SLOTS ? flag_of(seq, j - MOX_COLL_SLOTS)
+                                    : s->before[s->slot];
+    s->phase = PH_TURN;
+    s->next = 0;
+    s->waiting = -1;
+}
+
+/* Number this op's rounds in the communicator's order of small ops. */
+static void take_turns(mox__comm_t *c, sm_t *s, uint64_t seq, uint32_t rounds)
+{
+    s->rounds = rounds;
+    s->ops0 = c->shm_small.ops;
+    s->prev0 = c->shm_small.last_seq1;
+    memcpy(s->before, c->shm_small.slot_seq1, sizeof s->before);
+    c->shm_small.ops += rounds;
+    c->shm_small.last_seq1 = flag_of(seq, rounds - 1);
+    for (uint32_t j = rounds > MOX_COLL_SLOTS ? rounds - MOX_COLL_SLOTS : 0;
+         j < rounds; j++)
+        c->shm_small.slot_seq1[(s->ops0 + j) % MOX_COLL_SLOTS] =
+            flag_of(seq, j);
+    s->hdr.seq = seq;
+    enter_round(c, s, 0);
+}
+
+/* Data bytes of the smallest slot of the node (all are made alike). */
+static size_t slot_cap(mox__comm_t *c)
+{
+    size_t cap = SIZE_MAX;
+    for (int l = 0; l < c->local_size; l++) {
+        const mox__coll_slot_t *cs = mox__shm_coll_slot(c, l);
+        if (!cs || cs->slot_bytes <= MOX_COLL_HDR_BYTES)
+            return 0;
+        if (cs->slot_bytes - MOX_COLL_HDR_BYTES < cap)
+            cap = cs->slot_bytes - MOX_COLL_HDR_BYTES;
+    }
+    return cap;
+}
+
+uint32_t mox__shm_ag_rounds(mox__comm_t *c, uint64_t max_block_bytes)
+{
+    size_t cap = slot_cap(c);
+    if (c->topo.num_nodes != 1 || c->size < 2 || !cap)
+        return 0;
+    uint64_t n = (max_block_bytes + cap - 1) / cap;
+    return n == 0 ? 1 : n > MAX_ROUNDS ? 0 : (uint32_t)n;
+}
+
 static mox_status_t setup(struct mox_req *req, uint32_t kind, int with_counts,
-                          sm_t **out)
+                          uint64_t max_block_bytes, sm_t **out)
 {
     mox__comm_t *c = req->comm;
     int P = c->size;
@@ -497,16 +618,20 @@ static mox_status_t setup(struct mox_req *req, uint32_t kind, int with_counts,
             return mox__fail(c, MOX_ERR_TRANSPORT, "%s: no shm collective "
                              "area for rank %d", req->name, r);
     s->kind = kind;
-    s->waiting = -1;
     s->P = P;
     s->me = c->rank;
-    uint64_t i = c->shm_small.ops++;
-    s->slot = (int)(i % MOX_COLL_SLOTS);
-    s->seq1 = req->seq + 1;
-    s->prev1 = c->shm_small.last_seq1;
-    s->reuse1 = c->shm_small.slot_seq1[s->slot];
-    c->shm_small.last_seq1 = s->seq1;
-    c->shm_small.slot_seq1[s->slot] = s->seq1;
+    uint32_t rounds = 1;
+    if (kind == MOX_RSAG_KIND_AG) {
+        s->cap = slot_cap(c);
+        rounds = mox__shm_ag_rounds(c, max_block_bytes);
+        if (!rounds)
+            return mox__fail(c, MOX_ERR_INVALID_ARG, "%s: blocks of %llu "
+                             "bytes need more than %u rounds through the "
+                             "shm collective area", req->name,
+                             (unsigned long long)max_block_bytes,
+                             MAX_ROUNDS);
+    }
+    take_turns(c, s, req->seq, rounds);
     req->progress = progress;
     req->describe_wait = describe_wait;
     *out = s;
@@ -526,7 +651,7 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
                                      const mox__rs_args_t *a)
 {
     sm_t *s;
-    mox_status_t st = setup(req, MOX_RSAG_KIND_RS, 0, &s);
+    mox_status_t st = setup(req, MOX_RSAG_KIND_RS, 0, 0, &s);
     if (st != MOX_OK)
         return st;
     uint64_t total = 0;
@@ -583,7 +708,12 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
 mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
 {
     sm_t *s;
-    mox_status_t st = setup(req, MOX_RSAG_KIND_AG, 1, &s);
+    uint64_t maxblk = 0;
+    for (int r = 0; r < req->comm->size; r++)
+        if (a->counts[r] > maxblk)
+            maxblk = a->counts[r];
+    mox_status_t st = setup(req, MOX_RSAG_KIND_AG, 1,
+                            maxblk * mox__dtype_size(a->dtype), &s);
     if (st != MOX_OK)
         return st;
     uint64_t total = 0;
@@ -601,5 +731,5 @@ mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
         mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, a->counts, s->P),
         total, s->count[s->me]};
     mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
-    return check_room(req, s);
+    return MOX_OK; /* in rounds when the blocks do not fit a slot */
 }

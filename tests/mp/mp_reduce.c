@@ -10,7 +10,7 @@
  * Prints "MOXTEST ok rank R inter_bytes N intra_bytes N" on success.
  * --mode bad-args: bad inputs get named errors and the communicator stays
  * usable. --mode mismatch --victim V: V passes other counts and must get
- * MOX_ERR_MISMATCH. --mode overlap: three nonblocking collectives in
+ * MOX_ERR_MISMATCH. --mode overlap: four nonblocking collectives in
  * flight at once, finished in reverse order.
  */
 #include "mox/mox.h"
@@ -683,18 +683,20 @@ static int mismatch(mox_comm_t comm, const opts_t *o)
     return me == o->victim ? st != MOX_ERR_MISMATCH : 0;
 }
 
-/* Three nonblocking collectives in flight at once: a reduce-scatter of
- * iteration 2i, an allgatherv of 2i's values and a reduce-scatter of
- * 2i + 1, all started before any is waited for, then waited for in
- * reverse order; each result checked against its reference. Counts as
- * --coll says (rsv/agv: per-rank counts, zeros with --zero-pct). */
+/* Four nonblocking collectives in flight at once: a reduce-scatter of
+ * iteration 2i, an allgatherv of 2i's values, a reduce-scatter of 2i + 1
+ * and an allgatherv of 2i + 1's values, all started before any is waited
+ * for, then waited for in reverse order; each result checked against its
+ * reference. Counts as --coll says (rsv/agv: per-rank counts, zeros with
+ * --zero-pct). */
 static int overlap(mox_comm_t comm, const opts_t *o)
 {
     size_t es = dt_size[o->dt];
     int bad = 0;
     for (uint64_t it = 0; it < o->iters && !bad; it++) {
-        uint64_t *cnt = malloc(3 * (size_t)P * sizeof *cnt),
-                 *cnt2 = cnt + P, *displs = cnt + 2 * P;
+        uint64_t *cnt = malloc(4 * (size_t)P * sizeof *cnt),
+                 *cnt2 = cnt + P, *displs = cnt + 2 * P,
+                 *displs2 = cnt + 3 * P;
         uint64_t tot = 0, tot2 = 0, off = 0, off2 = 0;
         for (int r = 0; r < P; r++) {
             cnt[r] = count_of(o, 2 * it, r);
@@ -704,6 +706,7 @@ static int overlap(mox_comm_t comm, const opts_t *o)
                 off2 += cnt2[r];
             }
             displs[r] = tot;
+            displs2[r] = tot2;
             tot += cnt[r];
             tot2 += cnt2[r];
         }
@@ -711,6 +714,14 @@ static int overlap(mox_comm_t comm, const opts_t *o)
         char *out = malloc(cnt[me] * es + 1), *out2 = malloc(cnt2[me] * es + 1);
         char *send = malloc(cnt[me] * es + 1), *ag = malloc(tot * es + 1);
         char *want = malloc(tot * es + 1);
+        char *send2 = malloc(cnt2[me] * es + 1), *ag2 = malloc(tot2 * es + 1);
+        char *want2 = malloc(tot2 * es + 1);
+        for (uint64_t i = 0; i < cnt2[me]; i++)
+            store(o->dt, send2, i, value(o, 2 * it + 1, me, i));
+        for (int r = 0; r < P; r++)
+            for (uint64_t i = 0; i < cnt2[r]; i++)
+                store(o->dt, want2 + displs2[r] * es, i,
+                      value(o, 2 * it + 1, r, i));
         for (uint64_t i = 0; i < tot; i++)
             store(o->dt, in, i, value(o, 2 * it, me, i));
         for (uint64_t i = 0; i < tot2; i++)
@@ -721,7 +732,7 @@ static int overlap(mox_comm_t comm, const opts_t *o)
             for (uint64_t i = 0; i < cnt[r]; i++)
                 store(o->dt, want + displs[r] * es, i,
                       value(o, 2 * it, r, i));
-        mox_req_t q[3] = {NULL, NULL, NULL};
+        mox_req_t q[4] = {NULL, NULL, NULL, NULL};
         mox_status_t st = mox_ireduce_scatter_v(comm, in, out, cnt, o->dt,
                                                 o->op, &q[0]);
         if (st == MOX_OK)
@@ -730,7 +741,10 @@ static int overlap(mox_comm_t comm, const opts_t *o)
         if (st == MOX_OK)
             st = mox_ireduce_scatter_v(comm, in2, out2, cnt2, o->dt, o->op,
                                        &q[2]);
-        for (int k = 2; k >= 0; k--) {
+        if (st == MOX_OK)
+            st = mox_iallgatherv(comm, send2, cnt2[me], ag2, cnt2, displs2,
+                                 o->dt, &q[3]);
+        for (int k = 3; k >= 0; k--) {
             mox_status_t w = q[k] ? mox_wait(q[k]) : MOX_OK;
             if (st == MOX_OK)
                 st = w;
@@ -741,7 +755,8 @@ static int overlap(mox_comm_t comm, const opts_t *o)
         if (!bad)
             bad = check_rs(o, 2 * it, out, off, cnt[me], 0) ||
                   check_rs(o, 2 * it + 1, out2, off2, cnt2[me], 0);
-        if (!bad && memcmp(ag, want, tot * es)) {
+        if (!bad && (memcmp(ag, want, tot * es) ||
+                     memcmp(ag2, want2, tot2 * es))) {
             printf("rank %d: overlapping allgather differs\n", me);
             bad = 1;
         }
@@ -753,6 +768,9 @@ static int overlap(mox_comm_t comm, const opts_t *o)
         free(send);
         free(ag);
         free(want);
+        free(send2);
+        free(ag2);
+        free(want2);
     }
     return bad;
 }
