@@ -417,7 +417,7 @@ static mox_status_t message_fallback(struct mox_req *req, sm_t *s)
     return req->progress(req);
 }
 
-static void enter_round(mox__comm_t *c, sm_t *s, uint32_t j);
+static void enter_round(sm_t *s, uint32_t j);
 
 /* Everyone's data is here: check the headers, compute, release. */
 static mox_status_t complete(struct mox_req *req, sm_t *s)
@@ -459,7 +459,7 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
     if (st == MOX_OK && fall_back)
         return message_fallback(req, s);
     if (st == MOX_OK && s->round + 1 < s->rounds) {
-        enter_round(c, s, s->round + 1);
+        enter_round(s, s->round + 1);
         return MOX_IN_PROGRESS; /* progress goes on with it */
     }
     return st;
@@ -533,18 +533,15 @@ size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems)
     return (size_t)((total / block_elems + 511) / 512 * 64);
 }
 
-/* State shared by both collectives; takes this op's place in the
- * communicator's order of small ops. */
 static uint64_t flag_of(uint64_t seq, uint32_t round)
 {
     return ((seq + 1) << ROUND_BITS) + round;
 }
 
 /* Round j of this op: its slot and flag value, what it waits for. */
-static void enter_round(mox__comm_t *c, sm_t *s, uint32_t j)
+static void enter_round(sm_t *s, uint32_t j)
 {
     uint64_t seq = s->hdr.seq;
-    (void)c;
     s->round = j;
     s->slot = (int)((s->ops0 + j) % MOX_COLL_SLOTS);
     s->seq1 = flag_of(seq, j);
@@ -570,7 +567,7 @@ static void take_turns(mox__comm_t *c, sm_t *s, uint64_t seq, uint32_t rounds)
         c->shm_small.slot_seq1[(s->ops0 + j) % MOX_COLL_SLOTS] =
             flag_of(seq, j);
     s->hdr.seq = seq;
-    enter_round(c, s, 0);
+    enter_round(s, 0);
 }
 
 /* Data bytes of the smallest slot of the node (all are made alike). */
@@ -596,6 +593,8 @@ uint32_t mox__shm_ag_rounds(mox__comm_t *c, uint64_t max_block_bytes)
     return n == 0 ? 1 : n > MAX_ROUNDS ? 0 : (uint32_t)n;
 }
 
+/* State shared by both collectives; takes this op's place (allgather: its
+ * rounds' places) in the communicator's order of small ops. */
 static mox_status_t setup(struct mox_req *req, uint32_t kind, int with_counts,
                           uint64_t max_block_bytes, sm_t **out)
 {
