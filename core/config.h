@@ -131,8 +131,9 @@ typedef enum {
       "whose blocks (bytes of the largest) are up to this size go through "    \
       "the shm segment's collective area when all ranks share one node "       \
       "(allgathers with larger blocks too, in rounds of a slot each); "        \
-      "block-sparse reduce-scatters up to 16 times this size too when "        \
-      "every rank's present blocks fit it packed (the segment holds 2 "        \
+      "block-sparse reduce-scatters of any size too (in rounds above 4 "       \
+      "times this size) when every rank's present blocks of each round "       \
+      "fit it packed (the segment holds 2 "                                    \
       "slots of this size, plus 1/64 for a sparse bitmap, per local rank, "    \
       "capped so the area stays within about 32 MiB per node; "                \
       "allgathers above 64k on 2 ranks stay flat; same value on every "        \

@@ -33,9 +33,9 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
     size_t bytes = total * mox__dtype_size(a->dtype);
     /* One node, small vector: every rank reads the others' inputs in the
      * shm collective area (MOX_SHM_SMALL), no messages; block-sparse ones
-     * up to 16 x that size write their present blocks there, packed after a
-     * bitmap, when they fit (else messages, decided alike on every
-     * rank). */
+     * of any size write their present blocks there (in rounds above 4 x
+     * that size), packed after a bitmap, when they fit (else messages,
+     * decided alike on every rank). */
     int shm = algo == MOX_RSAG_AUTO &&
               (a->block_elems
                    ? mox__shm_sparse_may(c, total, a->block_elems,

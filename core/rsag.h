@@ -124,11 +124,12 @@ int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes);
  * MOX_SHM_SMALL bytes of data and a bitmap of 1/64 of that. */
 size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems);
 /* Block-sparse reduce-scatter may try the shm area (the same on every
- * rank): one node, a vector of at most 16 x MOX_SHM_SMALL bytes, and the
- * bitmap and prefix counts take at most 1/8 of MOX_SHM_SMALL. The
- * present blocks go packed into each rank's slot; when some rank's do not
- * fit, every rank sees it after the one flag exchange and the request
- * goes on as the message algorithm. */
+ * rank): one node; vectors above 4 x MOX_SHM_SMALL bytes go in rounds of
+ * that span (a part of every slice each), and the bitmap and prefix
+ * counts of a round take at most 3/16 of MOX_SHM_SMALL. The present
+ * blocks go packed into each rank's slot; when some rank's do not fit,
+ * every rank sees it after the first flag exchange and the request goes
+ * on as the message algorithm. */
 int mox__shm_sparse_may(mox__comm_t *c, uint64_t total, uint64_t block_elems,
                         size_t elem_bytes);
 mox_status_t mox__reduce_scatter_shm(struct mox_req *req,

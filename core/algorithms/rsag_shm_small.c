@@ -25,10 +25,14 @@
  *     writes, after the header, the size of the rest and then the bitmap
  *     of its blocks, the number of present blocks before each bitmap
  *     word, and its present blocks packed in order; when they do not fit
- *     the slot, only the size NO_ROOM. Vectors up to 16 x MOX_SHM_SMALL
- *     try this (mox__shm_sparse_may): if some rank wrote NO_ROOM, every
- *     rank sees it in step 3, releases the slot (step 4) and goes on with
- *     the message algorithm in the same request;
+ *     the slot, only the size NO_ROOM. Above SPARSE_SPAN x MOX_SHM_SMALL
+ *     bytes it runs in rounds too: round j holds the blocks [j * w,
+ *     (j + 1) * w) of every rank's slice (bitmap bit q = r * wj + k - j *
+ *     w for slice r's block k), and a rank writes NO_ROOM in the first
+ *     round when its blocks of any round do not fit. If some rank wrote
+ *     NO_ROOM, every rank sees it in step 3 of the first round, releases
+ *     the slot and the op's later rounds (step 4) and goes on with the
+ *     message algorithm in the same request;
  *  3. wait until every rank has written >= k (load-acquire), check every
  *     header against ours, then reduce-scatter: reduce this rank's block
  *     from the P slots in rank order 0..P-1 (flat's order, so results are
@@ -44,7 +48,11 @@
  * in the other slot): the header's sequence number tells whose data the
  * slot holds.
  *
- * Rounds: CMA reads at about 10.5 GB/s on one core here, memcpy from
+ * Block-sparse rounds: 1 x 8, 64 MiB at 10 %: 9.9-13.2 ms against 17-18.5
+ * ms as messages (each rank packs its blocks for every peer, which read
+ * them with CMA), at 20 % 19.9 against 29.1 ms.
+ *
+ * Allgather rounds: CMA reads at about 10.5 GB/s on one core here, memcpy from
  * shared memory at about 19 GB/s, and each block is written once and
  * read P - 1 times; 1 x 8 allgather of 64 MiB took 25-26 ms in rounds of
  * 1 MiB against 48-56 ms with one CMA copy per block (flat), 32 MiB 16-17
@@ -72,10 +80,12 @@
 /* Sparse: after the agreement header, each slot says how many bytes of
  * bitmap, prefix counts and packed blocks follow, or NO_ROOM. */
 #define NO_ROOM UINT64_MAX
-/* Sparse vectors up to this many times MOX_SHM_SMALL try the area (their
- * blocks fit at up to 1/SPARSE_TRY density). Beyond, the flag exchange
- * that finds they do not fit cost 1.2 ms (6 %) at 64 MiB on 1 x 8. */
-#define SPARSE_TRY 16
+/* Block-sparse vectors go through the area in rounds, each round a part of
+ * every rank's slice that is SPARSE_SPAN x MOX_SHM_SMALL bytes dense in
+ * all: the present blocks of a round fit a slot at up to about 1 /
+ * SPARSE_SPAN density (a rank whose do not writes NO_ROOM in the first
+ * round, and all take the message algorithm). */
+#define SPARSE_SPAN 4
 /* Flag values: (seq + 1) << ROUND_BITS, plus the round. */
 #define ROUND_BITS 20
 #define MAX_ROUNDS ((1u << ROUND_BITS) - 1)
@@ -116,6 +126,13 @@ typedef struct {
                                     bitmap word (uint32), after it */
     uint64_t packed;             /* sparse: bytes after the slot header,
                                     or NO_ROOM when they do not fit */
+    int no_room;                 /* sparse: some round of mine does not
+                                    fit a slot */
+    uint64_t nb, w;              /* sparse: blocks per slice; of each
+                                    slice per round (the last may have
+                                    fewer) */
+    uint64_t *bcur;              /* sparse: [P] next of my blocks in each
+                                    slice (index into blocks) */
     mox__rs_args_t fb;           /* sparse: the arguments again, for the
                                     message algorithm when some rank's
                                     blocks do not fit its slot */
@@ -131,6 +148,11 @@ typedef struct {
 static const char *what(const sm_t *s)
 {
     return s->kind == MOX_RSAG_KIND_AG ? "allgather" : "reduce_scatter";
+}
+
+static uint64_t flag_of(uint64_t seq, uint32_t round)
+{
+    return ((seq + 1) << ROUND_BITS) + round;
 }
 
 /* Bytes of rank r's block that this round moves, from byte *at of it. */
@@ -236,8 +258,11 @@ static void reduce_block(const sm_t *s)
     }
 }
 
-/* Rank r's block b in its slot, or NULL when r does not have it: the
- * blocks are packed in order after the bitmap and the prefix counts. */
+/* Rank r's block q of this round in its slot, or NULL when r does not
+ * have it: the blocks are packed in order after the bitmap and the prefix
+ * counts. A round holds, for every slice r in rank order, its blocks
+ * [lo, lo + wj) (round_span); q = r * wj + (k - lo) is slice r's block
+ * k (one round: q is the block's index in the vector). */
 static const char *sparse_block(const sm_t *s, int r, uint64_t b)
 {
     const char *base = s->cs[r]->slot[s->slot] + MOX_COLL_HDR_BYTES;
@@ -251,9 +276,17 @@ static const char *sparse_block(const sm_t *s, int r, uint64_t b)
            idx * s->be * mox__dtype_size(s->dt);
 }
 
-/* Block-sparse: each block of my slice from the slots that have it, in
- * rank order (the order of the message algorithms: partials start from
- * their first contribution); blocks nobody has come out zero. */
+/* This round's blocks of every slice: [*lo, *lo + wj). */
+static uint64_t round_span(const sm_t *s, uint64_t *lo)
+{
+    *lo = (uint64_t)s->round * s->w;
+    return s->nb - *lo < s->w ? s->nb - *lo : s->w;
+}
+
+/* Block-sparse: each block of my slice in this round from the slots that
+ * have it, in rank order (the order of the message algorithms: partials
+ * start from their first contribution); blocks nobody has come out
+ * zero. */
 static void reduce_sparse(const sm_t *s)
 {
     mox_dtype_t acc_t = mox__reduce_acc_type(s->dt);
@@ -262,15 +295,17 @@ static void reduce_sparse(const sm_t *s)
     uint64_t chunk = sizeof stack / asz;
     if (chunk > s->be)
         chunk = s->be;
-    for (uint64_t b = s->off / s->be; b < (s->off + s->mine) / s->be; b++) {
+    uint64_t k0, wj = round_span(s, &k0);
+    for (uint64_t k = k0; k < k0 + wj; k++) {
         const char **x = s->xs;
+        uint64_t q = (uint64_t)s->me * wj + (k - k0);
         int n = 0;
         for (int r = 0; r < s->P; r++)
-            if ((x[n] = sparse_block(s, r, b)) != NULL)
+            if ((x[n] = sparse_block(s, r, q)) != NULL)
                 n++;
         for (uint64_t lo = 0; lo < s->be; lo += chunk) {
             size_t m = (size_t)(s->be - lo < chunk ? s->be - lo : chunk);
-            char *dst = s->out + (size_t)(b * s->be + lo - s->off) * esz;
+            char *dst = s->out + (size_t)(k * s->be + lo) * esz;
             void *acc = acc_t == s->dt ? (void *)dst : (void *)stack;
             for (int i = 0; i < n; i++) {
                 if (i == 0)
@@ -305,20 +340,31 @@ static void write_slot(sm_t *s, mox__comm_t *c)
             memcpy(mine + MOX_COLL_HDR_BYTES, s->src, s->src_bytes);
         return;
     }
-    memcpy(mine + HDR, &s->packed, sizeof s->packed);
-    if (s->packed == NO_ROOM)
+    s->packed = NO_ROOM;
+    if (s->no_room) {
+        memcpy(mine + HDR, &s->packed, sizeof s->packed);
         return;
+    }
     uint64_t *bm = (uint64_t *)(void *)(mine + MOX_COLL_HDR_BYTES);
     uint32_t *pf = (uint32_t *)(void *)(mine + MOX_COLL_HDR_BYTES +
                                         s->bm_bytes);
     char *data = mine + MOX_COLL_HDR_BYTES + s->bm_bytes + s->pf_bytes;
     size_t blk = (size_t)s->be * mox__dtype_size(s->dt);
     memset(bm, 0, s->bm_bytes);
-    for (uint64_t i = 0; i < s->nblocks; i++) {
-        uint64_t b = s->blocks[i];
-        bm[b / 64] |= UINT64_C(1) << (b % 64);
-        memcpy(data + i * blk, s->src + b * blk, blk);
+    uint64_t k0, wj = round_span(s, &k0), np = 0;
+    for (int r = 0; r < s->P; r++) {
+        /* My blocks of slice r in this round: from its cursor on, below
+         * block k0 + wj of the slice (they ascend). */
+        uint64_t first = (uint64_t)r * s->nb, i = s->bcur[r];
+        for (; i < s->nblocks && s->blocks[i] < first + k0 + wj; i++) {
+            uint64_t b = s->blocks[i], q = (uint64_t)r * wj + (b - first - k0);
+            bm[q / 64] |= UINT64_C(1) << (q % 64);
+            memcpy(data + np++ * blk, s->src + b * blk, blk);
+        }
+        s->bcur[r] = i;
     }
+    s->packed = s->bm_bytes + s->pf_bytes + np * blk;
+    memcpy(mine + HDR, &s->packed, sizeof s->packed);
     uint32_t n = 0;
     for (size_t w = 0; w < s->bm_bytes / 8; w++) {
         pf[w] = n;
@@ -326,8 +372,7 @@ static void write_slot(sm_t *s, mox__comm_t *c)
     }
     if (s->test_bad_slot && s->bm_bytes)
         pf[0] += 1; /* MOX_TEST_BAD_SLOT: a corrupt slot, for the tests */
-    c->stats.bytes_sparse_saved +=
-        (uint64_t)(s->src_bytes - s->nblocks * blk);
+    c->stats.bytes_sparse_saved += ((uint64_t)s->P * wj - np) * blk;
 }
 
 static void gather_blocks(const sm_t *s)
@@ -433,7 +478,7 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
     /* Sparse: every rank's blocks fit its slot, or all ranks, seeing the
      * same sizes, take the message algorithm. */
     int fall_back = 0;
-    for (int r = 0; r < s->P && st == MOX_OK && s->be; r++) {
+    for (int r = 0; r < s->P && st == MOX_OK && s->be && !s->round; r++) {
         uint64_t packed;
         memcpy(&packed, s->cs[r]->slot[s->slot] + HDR, sizeof packed);
         fall_back |= packed == NO_ROOM;
@@ -452,8 +497,12 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
         reduce_block(s);
     /* Done reading, even after a mismatch: every rank saw every header,
      * so all fail alike and the slots stay in step for the next op. */
-    atomic_store_explicit(s->cs[s->me]->read, s->seq1, memory_order_release);
-    c->shm_small.done_seq1 = s->seq1;
+    /* Falling back (in the first round) ends the op's rounds here: its
+     * later rounds count as read and done, or the next op would wait for
+     * them. */
+    uint64_t done1 = fall_back ? flag_of(s->hdr.seq, s->rounds - 1) : s->seq1;
+    atomic_store_explicit(s->cs[s->me]->read, done1, memory_order_release);
+    c->shm_small.done_seq1 = done1;
     if (st == MOX_ERR_MISMATCH && s->rounds == 1)
         req->agreed_error = 1;
     if (st == MOX_OK && fall_back)
@@ -515,15 +564,42 @@ int mox__shm_small_fits(mox__comm_t *c, uint64_t bytes)
            mox__shm_coll_slot(c, c->local_rank) != NULL;
 }
 
+/* Slice blocks per round (*w) and rounds for a block-sparse vector of
+ * `total` elements; 0 rounds: not through the area. One round up to
+ * SPARSE_SPAN x MOX_SHM_SMALL bytes, else rounds of that span; the bitmap
+ * of a round (one bit per block of every slice) and its prefix counts take
+ * at most 3/16 of MOX_SHM_SMALL. */
+static uint32_t sparse_rounds(mox__comm_t *c, uint64_t total,
+                              uint64_t block_elems, size_t elem_bytes,
+                              uint64_t *w)
+{
+    uint64_t small = (uint64_t)c->cfg.shm_small, P = (uint64_t)c->size;
+    if (c->topo.num_nodes != 1 || P < 2 || !small || !block_elems ||
+        !mox__shm_coll_slot(c, c->local_rank))
+        return 0;
+    uint64_t nb = total / P / block_elems, bytes = block_elems * elem_bytes;
+    *w = total * elem_bytes <= SPARSE_SPAN * small ? nb
+                                                   : SPARSE_SPAN * small /
+                                                         (P * bytes);
+    if (*w == 0)
+        *w = 1;
+    for (;;) {
+        size_t bm = mox__shm_sparse_bitmap_bytes(P * *w, 1);
+        if (bm + bm / 2 <= small / 8)
+            break;
+        if (*w == 1)
+            return 0;
+        *w /= 2;
+    }
+    uint64_t n = nb ? (nb + *w - 1) / *w : 1;
+    return n > MAX_ROUNDS ? 0 : (uint32_t)n;
+}
+
 int mox__shm_sparse_may(mox__comm_t *c, uint64_t total, uint64_t block_elems,
                         size_t elem_bytes)
 {
-    size_t bm = mox__shm_sparse_bitmap_bytes(total, block_elems);
-    uint64_t small = (uint64_t)c->cfg.shm_small;
-    return c->topo.num_nodes == 1 && c->size > 1 && small > 0 &&
-           total * elem_bytes <= SPARSE_TRY * small &&
-           bm + bm / 2 <= small / 8 &&
-           mox__shm_coll_slot(c, c->local_rank) != NULL;
+    uint64_t w;
+    return sparse_rounds(c, total, block_elems, elem_bytes, &w) > 0;
 }
 
 size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems)
@@ -531,11 +607,6 @@ size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems)
     if (!block_elems)
         return 0;
     return (size_t)((total / block_elems + 511) / 512 * 64);
-}
-
-static uint64_t flag_of(uint64_t seq, uint32_t round)
-{
-    return ((seq + 1) << ROUND_BITS) + round;
 }
 
 /* Round j of this op: its slot and flag value, what it waits for. */
@@ -596,7 +667,7 @@ uint32_t mox__shm_ag_rounds(mox__comm_t *c, uint64_t max_block_bytes)
 /* State shared by both collectives; takes this op's place (allgather: its
  * rounds' places) in the communicator's order of small ops. */
 static mox_status_t setup(struct mox_req *req, uint32_t kind, int with_counts,
-                          uint64_t max_block_bytes, sm_t **out)
+                          uint32_t rounds, sm_t **out)
 {
     mox__comm_t *c = req->comm;
     int P = c->size;
@@ -619,17 +690,10 @@ static mox_status_t setup(struct mox_req *req, uint32_t kind, int with_counts,
     s->kind = kind;
     s->P = P;
     s->me = c->rank;
-    uint32_t rounds = 1;
-    if (kind == MOX_RSAG_KIND_AG) {
-        s->cap = slot_cap(c);
-        rounds = mox__shm_ag_rounds(c, max_block_bytes);
-        if (!rounds)
-            return mox__fail(c, MOX_ERR_INVALID_ARG, "%s: blocks of %llu "
-                             "bytes need more than %u rounds through the "
-                             "shm collective area", req->name,
-                             (unsigned long long)max_block_bytes,
-                             MAX_ROUNDS);
-    }
+    if (!rounds)
+        return mox__fail(c, MOX_ERR_INVALID_ARG, "%s: the vector needs more "
+                         "than %u rounds through the shm collective area",
+                         req->name, MAX_ROUNDS);
     take_turns(c, s, req->seq, rounds);
     req->progress = progress;
     req->describe_wait = describe_wait;
@@ -650,10 +714,17 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
                                      const mox__rs_args_t *a)
 {
     sm_t *s;
-    mox_status_t st = setup(req, MOX_RSAG_KIND_RS, 0, 0, &s);
+    uint64_t total = 0, w = 0;
+    for (int r = 0; r < req->comm->size; r++)
+        total += a->counts[r];
+    uint32_t rounds = a->block_elems
+                          ? sparse_rounds(req->comm, total, a->block_elems,
+                                          mox__dtype_size(a->dtype), &w)
+                          : 1;
+    mox_status_t st = setup(req, MOX_RSAG_KIND_RS, 0, rounds, &s);
     if (st != MOX_OK)
         return st;
-    uint64_t total = 0;
+    total = 0;
     for (int r = 0; r < s->P; r++) {
         if (r == s->me)
             s->off = total;
@@ -666,7 +737,9 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     s->be = a->block_elems;
     s->blocks = a->blocks;
     s->nblocks = a->nblocks;
-    s->bm_bytes = mox__shm_sparse_bitmap_bytes(total, s->be);
+    s->nb = s->be ? s->mine / s->be : 0;
+    s->w = w;
+    s->bm_bytes = mox__shm_sparse_bitmap_bytes((uint64_t)s->P * w, 1);
     s->src_bytes = (size_t)total * mox__dtype_size(a->dtype);
     s->out = a->out;
     uint32_t kind = s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS;
@@ -677,14 +750,12 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
     if (!s->be)
         return check_room(req, s);
-    /* Sparse: my blocks packed, after the bitmap and one prefix count per
-     * bitmap word; keep the arguments for the message algorithm. */
+    /* Sparse: my blocks of each round packed, after the bitmap and one
+     * prefix count per bitmap word; keep the arguments for the message
+     * algorithm. */
     size_t blk = (size_t)s->be * mox__dtype_size(s->dt);
     s->pf_bytes = (s->bm_bytes / 8 * sizeof(uint32_t) + 63) / 64 * 64;
-    uint64_t need = s->bm_bytes + s->pf_bytes + a->nblocks * (uint64_t)blk;
-    s->packed = MOX_COLL_HDR_BYTES + need <= s->cs[s->me]->slot_bytes
-                    ? need : NO_ROOM;
-    s->fb_mem = malloc((size_t)s->P * (sizeof(uint64_t) + sizeof(char *)) +
+    s->fb_mem = malloc((size_t)s->P * (2 * sizeof(uint64_t) + sizeof(char *)) +
                        (size_t)a->nblocks * sizeof(uint64_t) + 1);
     if (!s->fb_mem)
         return mox__fail(req->comm, MOX_ERR_NO_MEMORY, "%s: no memory",
@@ -694,7 +765,26 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     memcpy(counts, a->counts, (size_t)s->P * sizeof *counts);
     if (a->nblocks)
         memcpy(blocks, a->blocks, (size_t)a->nblocks * sizeof *blocks);
-    s->xs = (const char **)(void *)(blocks + a->nblocks);
+    s->bcur = blocks + a->nblocks;
+    s->xs = (const char **)(void *)(s->bcur + s->P);
+    /* Where my blocks of each slice start, and whether my blocks of every
+     * round fit my slot (decided before the first round, so that all ranks
+     * can fall back alike before anything is written). */
+    for (int r = 0; r < s->P; r++)
+        s->bcur[r] = a->nblocks;
+    for (uint64_t i = a->nblocks; i-- > 0;)
+        s->bcur[a->blocks[i] / s->nb] = i;
+    uint64_t *per = calloc(rounds, sizeof *per), most = 0;
+    if (!per)
+        return mox__fail(req->comm, MOX_ERR_NO_MEMORY, "%s: no memory",
+                         req->name);
+    for (uint64_t i = 0; i < a->nblocks; i++)
+        per[a->blocks[i] % s->nb / s->w]++;
+    for (uint32_t j = 0; j < rounds; j++)
+        most = per[j] > most ? per[j] : most;
+    free(per);
+    s->no_room = MOX_COLL_HDR_BYTES + s->bm_bytes + s->pf_bytes +
+                     most * (uint64_t)blk > s->cs[s->me]->slot_bytes;
     s->fb = *a;
     s->fb.counts = counts;
     s->fb.blocks = blocks;
@@ -712,9 +802,12 @@ mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
         if (a->counts[r] > maxblk)
             maxblk = a->counts[r];
     mox_status_t st = setup(req, MOX_RSAG_KIND_AG, 1,
-                            maxblk * mox__dtype_size(a->dtype), &s);
+                            mox__shm_ag_rounds(req->comm,
+                                               maxblk * mox__dtype_size(a->dtype)),
+                            &s);
     if (st != MOX_OK)
         return st;
+    s->cap = slot_cap(req->comm);
     uint64_t total = 0;
     for (int r = 0; r < s->P; r++) {
         s->count[r] = a->counts[r];
