@@ -497,10 +497,13 @@ static mox_status_t complete(struct mox_req *req, sm_t *s)
         reduce_block(s);
     /* Done reading, even after a mismatch: every rank saw every header,
      * so all fail alike and the slots stay in step for the next op. */
-    /* Falling back (in the first round) ends the op's rounds here: its
-     * later rounds count as read and done, or the next op would wait for
-     * them. */
-    uint64_t done1 = fall_back ? flag_of(s->hdr.seq, s->rounds - 1) : s->seq1;
+    /* Falling back (in the first round) or failing ends the op's rounds
+     * here: its later rounds count as read and done, or the next op would
+     * wait for them (a failure every rank saw alike leaves the
+     * communicator usable). */
+    uint64_t done1 = fall_back || st != MOX_OK
+                         ? flag_of(s->hdr.seq, s->rounds - 1)
+                         : s->seq1;
     atomic_store_explicit(s->cs[s->me]->read, done1, memory_order_release);
     c->shm_small.done_seq1 = done1;
     if (st == MOX_ERR_MISMATCH && s->rounds == 1)

@@ -799,10 +799,23 @@ int main(int argc, char **argv)
         bad = mismatch(comm, &o);
     else if (!strcmp(o.mode, "overlap"))
         bad = overlap(comm, &o);
-    else if (!strcmp(o.mode, "corrupt"))
-        /* MOX_TEST_BAD_SLOT=R: every rank must name R's slot. */
+    else if (!strcmp(o.mode, "corrupt")) {
+        /* MOX_TEST_BAD_SLOT=R: every rank must name R's slot; every rank
+         * saw it alike, so a small dense reduce-scatter (through the shm
+         * area too, after the failed op's rounds) still works after. */
         bad = !iter_rs(comm, &o, 0) ||
               !strstr(mox_comm_last_error(comm), "shm slot is inconsistent");
+        opts_t dense = o;
+        dense.coll = "rs";
+        dense.max_count = 16;
+        dense.in_place = 0;
+        dense.algo = NULL;
+        if (!bad && iter_rs(comm, &dense, 1)) {
+            printf("rank %d: the reduce-scatter after the corrupt slot "
+                   "failed\n", me);
+            bad = 1;
+        }
+    }
     else
         for (uint64_t it = 0; it < o.iters && !bad; it++)
             bad = o.coll[0] == 'a' ? iter_ag(comm, &o, it)
