@@ -522,13 +522,15 @@ static mox_status_t step(struct mox_req *req);
 static mox_status_t progress(struct mox_req *req)
 {
     sm_t *s = req->state;
-    if (s->rounds == 1)
-        return step(req); /* may hand the request to another algorithm */
     uint32_t round;
     mox_status_t st;
     do { /* a round that completes goes straight on to the next */
         round = s->round;
         st = step(req);
+        /* A fallback handed the request (and freed s) to the message
+         * algorithm. */
+        if (req->progress != progress)
+            return st;
     } while (st == MOX_IN_PROGRESS && s->round != round);
     return st;
 }
