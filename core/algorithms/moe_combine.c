@@ -157,16 +157,10 @@ static void to_wire(const struct mox_moe *m, const void *src, char *dst,
     }
 }
 
+/* acc += a wire row in f32, prefetching the row summed next (NULL:
+ * none). */
 static void accumulate(const struct mox_moe *m, const char *wire_row,
-                       float *acc)
-{
-    mox__accumulate_f32(m->comb_elem == 4 ? MOX_DTYPE_F32 : MOX_DTYPE_BF16,
-                        wire_row, acc, (size_t)m->H);
-}
-
-/* accumulate, prefetching the row summed next (NULL: none). */
-static void accumulate_next(const struct mox_moe *m, const char *wire_row,
-                            float *acc, const char *next)
+                       float *acc, const char *next)
 {
     mox__accumulate_f32_next(m->comb_elem == 4 ? MOX_DTYPE_F32
                                                : MOX_DTYPE_BF16,
@@ -418,7 +412,7 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
                     continue;
                 if (l != me) {
                     accumulate(m, s->recv + (s->part_off[l] + s->cur[l]++ -
-                                             m->fwd.off[l]) * rb, acc);
+                                             m->fwd.off[l]) * rb, acc, NULL);
                     continue;
                 }
                 while (s->ox < m->P && (!served_remote(m, s->ox) ||
@@ -710,8 +704,8 @@ static mox_status_t out_sum(combine_t *s, size_t budget)
                 after = s->ofrom[x] + cur[x] * rb;
         memset(s->oacc, 0, H * sizeof(float));
         for (size_t j = 0; j < n; j++)
-            accumulate_next(m, s->orows[j], s->oacc,
-                            j + 1 < n ? s->orows[j + 1] : after);
+            accumulate(m, s->orows[j], s->oacc,
+                       j + 1 < n ? s->orows[j + 1] : after);
         mox__from_f32(m->cfg.x_dtype, s->oacc, (char *)s->out + t * ob, H);
     }
     return MOX_OK;

@@ -112,8 +112,8 @@ typedef struct {
     unsigned polls;
     uint64_t wait_ns, check_ns;  /* waiting on `next` since; last check */
     const char *src;             /* what goes into my slot */
-    size_t src_bytes;            /* dense: what goes into my slot;
-                                    sparse: the dense vector's bytes */
+    size_t src_bytes;            /* dense reduce-scatter: what goes into
+                                    my slot (the whole vector) */
     char *out;
     mox_dtype_t dt;
     mox_op_t op;
@@ -124,8 +124,6 @@ typedef struct {
     size_t bm_bytes;             /* sparse: bitmap in front of the data */
     size_t pf_bytes;             /* sparse: present blocks before each
                                     bitmap word (uint32), after it */
-    uint64_t packed;             /* sparse: bytes after the slot header,
-                                    or NO_ROOM when they do not fit */
     int no_room;                 /* sparse: some round of mine does not
                                     fit a slot */
     uint64_t nb, w;              /* sparse: blocks per slice; of each
@@ -340,9 +338,9 @@ static void write_slot(sm_t *s, mox__comm_t *c)
             memcpy(mine + MOX_COLL_HDR_BYTES, s->src, s->src_bytes);
         return;
     }
-    s->packed = NO_ROOM;
+    uint64_t packed = NO_ROOM; /* bytes after the slot header */
     if (s->no_room) {
-        memcpy(mine + HDR, &s->packed, sizeof s->packed);
+        memcpy(mine + HDR, &packed, sizeof packed);
         return;
     }
     uint64_t *bm = (uint64_t *)(void *)(mine + MOX_COLL_HDR_BYTES);
@@ -363,8 +361,8 @@ static void write_slot(sm_t *s, mox__comm_t *c)
         }
         s->bcur[r] = i;
     }
-    s->packed = s->bm_bytes + s->pf_bytes + np * blk;
-    memcpy(mine + HDR, &s->packed, sizeof s->packed);
+    packed = s->bm_bytes + s->pf_bytes + np * blk;
+    memcpy(mine + HDR, &packed, sizeof packed);
     uint32_t n = 0;
     for (size_t w = 0; w < s->bm_bytes / 8; w++) {
         pf[w] = n;
@@ -729,12 +727,8 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     mox_status_t st = setup(req, MOX_RSAG_KIND_RS, 0, rounds, &s);
     if (st != MOX_OK)
         return st;
-    total = 0;
-    for (int r = 0; r < s->P; r++) {
-        if (r == s->me)
-            s->off = total;
-        total += a->counts[r];
-    }
+    for (int r = 0; r < s->me; r++)
+        s->off += a->counts[r];
     s->mine = a->counts[s->me];
     s->dt = a->dtype;
     s->op = a->op;
@@ -821,7 +815,6 @@ mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
     }
     s->dt = a->dtype;
     s->src = a->src;
-    s->src_bytes = (size_t)s->count[s->me] * mox__dtype_size(a->dtype);
     s->out = a->out;
     s->hdr = (mox__rsag_hdr_t){
         MOX_RSAG_KIND_AG, req->seq,

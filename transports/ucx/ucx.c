@@ -101,12 +101,10 @@ static int rcvbuf_env_ours;
 /* UCX reads its transports' settings from the environment when it opens
  * them (ucp_config_modify(..., "TCP_RCVBUF", ...) is accepted by UCX 1.13
  * but does not reach the tcp transport: measured with ss, its connections
- * kept autotuned buffers), so the value goes there, unless the user set
- * it; NULL takes back a value set earlier. */
+ * kept autotuned buffers), so the value goes there (rcvbuf_size gives none
+ * when the user set it); NULL takes back a value set earlier. */
 static void set_rcvbuf_env(const char *value)
 {
-    if (getenv("UCX_TCP_RCVBUF") && !rcvbuf_env_ours)
-        return;
     if (value) {
         setenv("UCX_TCP_RCVBUF", value, 1);
         rcvbuf_env_ours = 1;
