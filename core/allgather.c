@@ -103,7 +103,7 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
                          "this rank's block is already in recvbuf");
     mox__ag_args_t a = {in_place ? (const char *)recvbuf + displs[c->rank] * esz
                                  : sendbuf,
-                        recvbuf, recvcounts, displs, dtype, 0, 0};
+                        recvbuf, recvcounts, displs, dtype, 0, 0, 0};
     /* The blocks do not overlap, so their sum is at most `extent`. */
     uint64_t total = 0;
     for (int r = 0; r < c->size; r++)
@@ -126,9 +126,21 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
     /* On one node the direct shm exchange (flat) is faster than log2(P)
      * steps (1 x 8, 32 B - 16 KiB: 15-30 us against 32-53 us), so auto
      * takes rdoubling across nodes only. */
-    int log = !shm && (algo == MOX_RSAG_LOG ||
+    int log = !shm && (algo == MOX_RSAG_LOG || algo == MOX_RSAG_LEADER ||
               (algo == MOX_RSAG_AUTO && c->topo.num_nodes > 1 &&
                total * esz <= (uint64_t)c->cfg.rsag_small));
+    /* Leader mode: on equal nodes of 2 or more ranks, only each node's
+     * leader sends, and its ranks meet it in the shm area, asleep while
+     * they wait. auto takes it from 3 nodes up: 4 x 2, 32 B - 2 KiB:
+     * 96-113 us against 117-143 for rdoubling on rails; on 2 x 4 it was
+     * no faster (docs/reduce_scatter.md). */
+    a.leader = log && algo != MOX_RSAG_LOG &&
+               mox__shm_node_may(c, total * esz) &&
+               (algo == MOX_RSAG_LEADER || c->topo.num_nodes >= 3);
+    if (algo == MOX_RSAG_LEADER && !a.leader)
+        MOX_DEBUG("allgather", "leader needs several nodes of equal size "
+                  "with 2 or more ranks and a vector that fits "
+                  "MOX_SHM_SMALL; using rdoubling");
     /* a.hier: nodes as rows, of any sizes for the pipelined algorithm;
      * rdoubling's grid needs nodes of equal size, else it runs on one
      * column of all ranks. Not hier: one row of all ranks (flat). */
@@ -145,6 +157,7 @@ mox_status_t mox_iallgatherv(mox_comm_t c, const void *sendbuf,
                   "using hier");
     struct mox_req *req;
     st = mox__req_new(c, shm      ? "allgather_shm"
+                         : a.leader ? "allgather_leader"
                          : log    ? "allgather_rdoubling"
                          : a.ring ? "allgather_ring"
                          : a.hier ? "allgather_hier"

@@ -102,10 +102,19 @@ struct mox_req {
      * (the shm collective area's flags): write the ranks still awaited
      * into buf ("3, 5"); returns how many. */
     int (*describe_wait)(struct mox_req *req, char *buf, size_t len);
+    /* Optional: set while all the request waits for is a shm area bell
+     * to ring (mox__bell_ring): mox_wait, with nothing else to progress,
+     * sleeps on it (a futex) instead of yielding. */
+    _Atomic uint32_t *doze_bell, *doze_sleepers;
     void *state;
     uint64_t bytes_intra, bytes_inter, msgs_intra, msgs_inter;
     struct mox_req *next;   /* in comm->active */
 };
+
+/* After storing what others wait for (release): wake the ranks asleep on
+ * `bell` (struct mox_req's doze_bell), with no system call when none
+ * sleeps. */
+void mox__bell_ring(_Atomic uint32_t *bell, _Atomic uint32_t *sleepers);
 
 /* Record an error on the communicator (message formatted like printf) and
  * return `st`, so `return mox__fail(c, st, ...)` reads naturally. */

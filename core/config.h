@@ -102,29 +102,36 @@ typedef enum {
       "about this many bytes (at most 8), so that its forwarding inside "     \
       "the destination node overlaps the transfer; same value on every rank") \
     X(reduce_scatter_algo, "MOX_REDUCE_SCATTER_ALGO", MOX_CFG_ENUM, "auto",    \
-      "auto|flat|hier|rhalving|ring", 0, 0,                                    \
+      "auto|flat|hier|rhalving|ring|leader", 0, 0,                             \
       "reduce-scatter algorithm: flat (direct, fixed rank order), hier (shm "  \
       "inside nodes, then rail peers, pipelined), rhalving (shm inside "       \
       "nodes, then recursive halving among rail peers; all ranks on one or "   \
-      "uneven nodes) or ring (hier with a pipelined ring among rail peers "    \
-      "instead of direct sends; equal nodes, dense, else hier); auto = "       \
-      "rhalving across nodes up to MOX_RSAG_SMALL, the shm collective area "   \
-      "on one node up to MOX_SHM_SMALL, else ring on 3 or more equal nodes "   \
+      "uneven nodes), ring (hier with a pipelined ring among rail peers "      \
+      "instead of direct sends; equal nodes, dense, else hier) or leader "     \
+      "(rhalving among one leader per node, whose node meets it in the shm "   \
+      "area; equal nodes of 2+ ranks, dense, vector up to MOX_SHM_SMALL, "     \
+      "else rhalving); auto = leader on 3 or more nodes, else rhalving, "      \
+      "across nodes up to MOX_RSAG_SMALL, the shm collective area on one "     \
+      "node up to MOX_SHM_SMALL, else ring on 3 or more equal nodes "          \
       "(dense), hier on other nodes, flat on one node")                        \
     X(allgather_algo, "MOX_ALLGATHER_ALGO", MOX_CFG_ENUM, "auto",              \
-      "auto|flat|hier|rdoubling|ring", 0, 0,                                   \
+      "auto|flat|hier|rdoubling|ring|leader", 0, 0,                            \
       "allgather algorithm: flat (direct), hier (rail peers, then shm "        \
       "forwarding, pipelined), rdoubling (recursive doubling among rail "      \
-      "peers, then shm; all ranks on one or uneven nodes) or ring (hier "      \
-      "with a pipelined ring among rail peers; equal nodes, else hier); "      \
-      "auto = rdoubling across nodes up to MOX_RSAG_SMALL, the shm "           \
+      "peers, then shm; all ranks on one or uneven nodes), ring (hier "        \
+      "with a pipelined ring among rail peers; equal nodes, else hier) or "    \
+      "leader (rdoubling among one leader per node, whose node meets it in "   \
+      "the shm area; equal nodes of 2+ ranks, vector up to MOX_SHM_SMALL, "    \
+      "else rdoubling); auto = leader on 3 or more nodes, else rdoubling, "    \
+      "across nodes up to MOX_RSAG_SMALL, the shm "                            \
       "collective area on one node (blocks above MOX_SHM_SMALL in rounds; "    \
       "flat on 2 ranks above 64 KiB or with MOX_SHM_SMALL=0), else ring on "   \
       "3 or more equal nodes, hier on other nodes")                            \
     X(rsag_small, "MOX_RSAG_SMALL", MOX_CFG_SIZE, "64k", NULL, 0,              \
       (int64_t)1 << 40,                                                        \
       "reduce-scatter/allgather vectors (bytes of the whole vector) up to "    \
-      "this size use the latency algorithms (rhalving, rdoubling) in auto")    \
+      "this size use the latency algorithms (rhalving, rdoubling, leader) "   \
+      "in auto")                                                               \
     X(shm_small, "MOX_SHM_SMALL", MOX_CFG_SIZE, "1M", NULL, 0,                 \
       (int64_t)1 << 24,                                                        \
       "reduce-scatter vectors (bytes of the whole vector) and allgathers "    \
@@ -133,7 +140,8 @@ typedef enum {
       "(allgathers with larger blocks too, in rounds of a slot each); "        \
       "block-sparse reduce-scatters of any size too (in rounds above 4 "       \
       "times this size) when every rank's present blocks of each round "       \
-      "fit it packed (the segment holds 2 "                                    \
+      "fit it packed; on several nodes, the latency algorithms' leader "      \
+      "mode meets each node's leader there (the segment holds 2 "              \
       "slots of this size, plus 1/64 for a sparse bitmap, per local rank, "    \
       "capped so the area stays within about 32 MiB per node; "                \
       "allgathers above 64k on 2 ranks stay flat; same value on every "        \

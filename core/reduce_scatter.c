@@ -45,11 +45,22 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
     /* On one node the direct shm exchange is faster than log2(P) steps
      * (measured on 1 x 8), so auto takes rhalving across nodes only. */
     int log = !a->block_elems &&
-              (algo == MOX_RSAG_LOG ||
+              (algo == MOX_RSAG_LOG || algo == MOX_RSAG_LEADER ||
                (algo == MOX_RSAG_AUTO && c->topo.num_nodes > 1 &&
                 total * mox__dtype_size(a->dtype) <=
                     (uint64_t)c->cfg.rsag_small));
-    if (algo == MOX_RSAG_LOG && a->block_elems)
+    /* Leader mode: on equal nodes of 2 or more ranks, only each node's
+     * leader sends, and its ranks meet it in the shm area, asleep while
+     * they wait. auto takes it from 3 nodes up: 4 x 2, 32 B - 2 KiB:
+     * 94-117 us against 134-183 for rhalving on rails; on 2 x 4 it was
+     * no faster (docs/reduce_scatter.md). */
+    a->leader = log && algo != MOX_RSAG_LOG && mox__shm_node_may(c, bytes) &&
+                (algo == MOX_RSAG_LEADER || c->topo.num_nodes >= 3);
+    if (algo == MOX_RSAG_LEADER && !a->leader)
+        MOX_DEBUG("reduce_scatter", "leader needs several nodes of equal "
+                  "size with 2 or more ranks, a dense vector that fits "
+                  "MOX_SHM_SMALL; using %s", log ? "rhalving" : "hier");
+    if ((algo == MOX_RSAG_LOG || algo == MOX_RSAG_LEADER) && a->block_elems)
         MOX_DEBUG("reduce_scatter", "rhalving is dense only; sparse uses "
                   "the pipelined algorithm");
     a->hier = choose_hier(c, log ? MOX_RSAG_AUTO : algo);
@@ -71,6 +82,7 @@ static mox_status_t start(mox__comm_t *c, mox__rs_args_t *a, uint64_t total,
                               : a->hier ? "reduce_scatter_sparse_hier"
                                         : "reduce_scatter_sparse_flat")
                        : shm ? "reduce_scatter_shm"
+                       : a->leader ? "reduce_scatter_leader"
                        : log ? (a->node_grid ? "reduce_scatter_rhalving_hier"
                                              : "reduce_scatter_rhalving")
                              : a->ring ? "reduce_scatter_ring"

@@ -2,11 +2,15 @@
 #include "comm.h"
 #include "log.h"
 
+#include <linux/futex.h>
 #include <sched.h>
+#include <stdatomic.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/syscall.h>
 #include <time.h>
+#include <unistd.h>
 
 int mox__progress(mox__comm_t *c)
 {
@@ -428,6 +432,48 @@ static void idle(uint64_t idle_rounds, int64_t spin_count)
     nanosleep(&ts, NULL);
 }
 
+void mox__bell_ring(_Atomic uint32_t *bell, _Atomic uint32_t *sleepers)
+{
+    /* Orders the caller's store before the sleepers' count is read; a
+     * sleeper counts itself before it reads the bell and the flags (doze),
+     * so one of the two sees the other. */
+    atomic_thread_fence(memory_order_seq_cst);
+    atomic_fetch_add_explicit(bell, 1, memory_order_relaxed);
+    if (atomic_load_explicit(sleepers, memory_order_relaxed))
+        syscall(SYS_futex, (uint32_t *)bell, FUTEX_WAKE, INT32_MAX, NULL,
+                NULL, 0);
+}
+
+/* Longest sleep on a bell before the loop looks at the clock and the
+ * peers again. */
+#define DOZE_NS 1000000
+
+/*
+ * `req` waits for a shm area bell alone (doze_bell) and nothing else is
+ * active: sleep on the bell (a futex in shared memory) until it rings or
+ * DOZE_NS pass, instead of yielding. With more ranks than cores a rank
+ * that yields still takes turns on a core the ranks with work need:
+ * leader mode's other ranks waiting for their leader this way took 4 x 2
+ * reduce-scatter of 32 B from 121 to 94 us (docs/reduce_scatter.md).
+ * Returns 0 when it does not apply.
+ */
+static int doze(mox__comm_t *c, struct mox_req *req, uint64_t idle_rounds)
+{
+    _Atomic uint32_t *bell = req->doze_bell, *sleepers = req->doze_sleepers;
+    if (!bell || c->active != req || req->next ||
+        (int64_t)idle_rounds < c->spin_count)
+        return 0;
+    atomic_fetch_add_explicit(sleepers, 1, memory_order_relaxed);
+    atomic_thread_fence(memory_order_seq_cst);
+    uint32_t seen = atomic_load_explicit(bell, memory_order_relaxed);
+    if (!step(req)) { /* still waiting once counted */
+        struct timespec ts = {0, DOZE_NS};
+        syscall(SYS_futex, (uint32_t *)bell, FUTEX_WAIT, seen, &ts, NULL, 0);
+    }
+    atomic_fetch_sub_explicit(sleepers, 1, memory_order_relaxed);
+    return 1;
+}
+
 mox_status_t mox_wait(mox_req_t req)
 {
     if (!req)
@@ -448,7 +494,8 @@ mox_status_t mox_wait(mox_req_t req)
             last = 0;
             continue;
         }
-        idle(++idle_rounds, c->spin_count);
+        if (!doze(c, req, ++idle_rounds))
+            idle(idle_rounds, c->spin_count);
         if ((idle_rounds & 63) != 0)
             continue;
         uint64_t now = mox__now_ns();

@@ -15,7 +15,7 @@
 /* Values of MOX_REDUCE_SCATTER_ALGO / MOX_ALLGATHER_ALGO (LOG: rhalving
  * for reduce-scatter, rdoubling for allgather). */
 enum { MOX_RSAG_AUTO, MOX_RSAG_FLAT, MOX_RSAG_HIER, MOX_RSAG_LOG,
-       MOX_RSAG_RING };
+       MOX_RSAG_RING, MOX_RSAG_LEADER };
 
 /*
  * Ranks as an N x L grid: row n, column l is grid[n * L + l]. hier: rows
@@ -93,6 +93,8 @@ typedef struct {
                                 rail peers instead of direct sends */
     int node_grid;           /* rhalving: nodes x local ranks (equal
                                 nodes), else one column of all ranks */
+    int leader;              /* rhalving in leader mode (see
+                                mox__shm_node_t) */
 } mox__rs_args_t;
 
 typedef struct {
@@ -102,6 +104,8 @@ typedef struct {
     mox_dtype_t dtype;
     int hier;
     int ring;                /* hier on equal nodes: ring among rail peers */
+    int leader;              /* rdoubling in leader mode (see
+                                mox__shm_node_t) */
 } mox__ag_args_t;
 
 mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
@@ -212,5 +216,71 @@ mox_status_t mox__rsag_isend_hdr(mox__comm_t *c, int peer, uint64_t tag,
 mox_status_t mox__rsag_recv_hdr(mox__comm_t *c, const char *what,
                                 mox__treq_t *r, const void *buf,
                                 const mox__rsag_hdr_t *mine);
+
+/* Waiting on the shm area (rsag_shm_small.c): whom, since when. */
+typedef struct {
+    int waiting;                 /* rank keeping us waiting (-1: none) */
+    unsigned polls;
+    uint64_t wait_ns, check_ns;  /* waiting on it since; last peer check */
+} mox__shm_waiter_t;
+
+/*
+ * Leader mode of the latency algorithms (rhalving, rdoubling) on several
+ * nodes: local rank 0 of each node, its leader, runs the network part for
+ * the whole node, and the node's ranks meet it in the shm area
+ * (rsag_shm_small.c). An op takes two rounds in the area's order of small
+ * ops:
+ *  round 0: every other local rank writes the agreement header and its
+ *           data into its slot (mox__shm_node_put); the leader waits for
+ *           all of them and checks their headers (mox__shm_node_gather);
+ *  round 1: the leader writes the node's result into its slot
+ *           (mox__shm_node_slot, mox__shm_node_publish) and the others
+ *           read it (mox__shm_node_fetch, mox__shm_node_done); a leader
+ *           that fails stores its status in its `failed` flag instead
+ *           (mox__shm_node_end), so its node's ranks fail at once with
+ *           that status instead of waiting for MOX_TIMEOUT.
+ * Calls return MOX_IN_PROGRESS while they wait (with the shm area's
+ * MOX_TIMEOUT and dead-peer checks).
+ */
+typedef struct {
+    mox__shm_waiter_t wt;
+    const mox__coll_slot_t **cs;  /* [L] by local rank */
+    int L, me, leader;            /* local ranks, mine; leader's rank */
+    int state, next;
+    int slot0, slot1;
+    uint64_t k0, prev0, reuse0, reuse1; /* round 1's flag is k0 + 1 */
+    size_t out_bytes;             /* leader: what it publishes */
+    const char *what;
+    const mox__rsag_hdr_t *h;     /* the caller's, with its encoding: */
+    const unsigned char *hdr_out;
+} mox__shm_node_t;
+
+/* Leader mode may run: several nodes of equal size with 2 or more ranks,
+ * each with the shm area, and a whole vector of `bytes` that fits a slot
+ * (the same on every rank, as MOX_SHM_SMALL must be). */
+int mox__shm_node_may(mox__comm_t *c, uint64_t bytes);
+/* Take the op's two rounds (on every rank, in the order ops start). */
+mox_status_t mox__shm_node_init(struct mox_req *req, mox__shm_node_t *n,
+                                const char *what, const mox__rsag_hdr_t *h,
+                                const unsigned char *hdr_out);
+mox_status_t mox__shm_node_put(struct mox_req *req, mox__shm_node_t *n,
+                               const void *data, size_t bytes);
+/* Leader: data[l] = local rank l's data (l >= 1). */
+mox_status_t mox__shm_node_gather(struct mox_req *req, mox__shm_node_t *n,
+                                  const char **data);
+/* Leader: where the result goes (room for `bytes`), once the slot is
+ * free; then publish it. */
+mox_status_t mox__shm_node_slot(struct mox_req *req, mox__shm_node_t *n,
+                                size_t bytes, char **dst);
+void mox__shm_node_publish(struct mox_req *req, mox__shm_node_t *n);
+/* Others: the leader's result, or its failure. */
+mox_status_t mox__shm_node_fetch(struct mox_req *req, mox__shm_node_t *n,
+                                 const char **data);
+void mox__shm_node_done(struct mox_req *req, mox__shm_node_t *n);
+/* From the algorithm's cleanup, on success and failure: a leader that did
+ * not publish stores `st` as its failure; every rank's rounds count as
+ * read and done. */
+void mox__shm_node_end(struct mox_req *req, mox__shm_node_t *n,
+                       mox_status_t st);
 
 #endif

@@ -36,7 +36,7 @@ typedef struct mox__transport mox__transport_t;
 
 /*
  * One local rank's part of a node's collective area (shm only; see
- * transports/shm/shm.h for the layout): two flags on cache lines of their
+ * transports/shm/shm.h for the layout): three flags on cache lines of their
  * own and MOX_COLL_SLOTS data slots of `slot_bytes` each, in memory every
  * local rank maps. Only the owner writes its flags and slots; the
  * collectives built on it (core/algorithms/rsag_shm_small.c) define what
@@ -49,6 +49,13 @@ typedef struct mox__transport mox__transport_t;
 typedef struct {
     _Atomic uint64_t *written;   /* owner: data of an op is in a slot */
     _Atomic uint64_t *read;      /* owner: it finished reading an op */
+    _Atomic uint64_t *failed;    /* owner: it gave up an op (its status in
+                                    failed_code, stored first) */
+    _Atomic uint64_t *failed_code;
+    _Atomic uint32_t *bell;      /* owner: bumped when `written` or
+                                    `failed` moves (mox__bell_ring) */
+    _Atomic uint32_t *sleepers;  /* ranks asleep on the bell (they count
+                                    themselves) */
     char *slot[MOX_COLL_SLOTS];
     size_t slot_bytes;           /* MOX_COLL_HDR_BYTES + data capacity */
 } mox__coll_slot_t;

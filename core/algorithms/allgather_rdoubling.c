@@ -35,7 +35,7 @@
 
 #define HDR MOX_RSAG_HDR_BYTES
 enum { STEP_FOLD = 1, STEP_UNFOLD = 2, STEP_ROW = 3, STEP_DOUBLE = 8 };
-enum { PH_FOLD, PH_DOUBLE, PH_ROW, PH_DONE };
+enum { PH_GATHER, PH_FOLD, PH_DOUBLE, PH_ROW, PH_DONE };
 
 typedef struct {
     mox_status_t start_error;
@@ -46,6 +46,15 @@ typedef struct {
     const char *src;
     char *out;
     uint64_t *count, *displ;     /* [P] */
+    /* Elements of each grid rank in the column phase: count, or in
+     * leader mode the node's total at its leader. */
+    uint64_t *unit;              /* [P] */
+    int leader;                  /* leader mode: 1 leader, 2 other rank */
+    mox__shm_node_t node;
+    const char **ndata;          /* leader mode: [L] local ranks' blocks */
+    mox_status_t err;            /* a failed header: reported once the
+                                    abort headers are out */
+    unsigned char hdr_abort[HDR];
     int *vrow;                   /* [N] rows in column order */
     int *vpos;                   /* [N] row -> index in vrow */
     uint64_t *voff;              /* [N+1] my column's offsets, column order */
@@ -66,8 +75,11 @@ typedef struct {
 static void free_state(struct mox_req *req)
 {
     rd_t *s = req->state;
-    if (s)
-        free(s->mem);
+    if (!s)
+        return;
+    if (s->leader)
+        mox__shm_node_end(req, &s->node, req->status);
+    free(s->mem);
 }
 
 static int rank_at(const rd_t *s, int n, int l)
@@ -79,6 +91,35 @@ static int rank_at(const rd_t *s, int n, int l)
 static int col_peer(const rd_t *s, int row)
 {
     return rank_at(s, row, s->g.col);
+}
+
+/* Leader mode: the blocks of the node in virtual row k, in local order,
+ * from `packed` into the output (skipping mine, which is there already). */
+static void unpack_nodes(mox__comm_t *c, rd_t *s, const char *packed)
+{
+    for (int k = 0; k < s->g.N; k++) {
+        const char *from = packed + s->voff[k] * s->esz;
+        for (int l = 0; l < c->local_size; l++) {
+            int r = mox__topo_rank_at(&c->topo, s->vrow[k], l);
+            size_t bytes = s->count[r] * s->esz;
+            if (r != s->me && bytes)
+                memcpy(s->out + s->displ[r] * s->esz, from, bytes);
+            from += bytes;
+        }
+    }
+}
+
+/* Leader mode: my node's blocks, mine and the others' from the shm area,
+ * packed in local order at `to`. */
+static void pack_node(mox__comm_t *c, rd_t *s, char *to)
+{
+    for (int l = 0; l < c->local_size; l++) {
+        int r = mox__topo_rank_at(&c->topo, c->node, l);
+        size_t bytes = s->count[r] * s->esz;
+        if (bytes)
+            memcpy(to, l ? s->ndata[l] : s->src, bytes);
+        to += bytes;
+    }
 }
 
 static uint64_t column_count(const rd_t *s, int l)
@@ -246,14 +287,109 @@ static mox_status_t column(mox__comm_t *c, struct mox_req *req, rd_t *s)
     return st;
 }
 
-static mox_status_t progress(struct mox_req *req)
+/* Leader mode, a rank other than the leader: my block to the leader, the
+ * whole vector back. */
+static mox_status_t member_progress(struct mox_req *req)
+{
+    rd_t *s = req->state;
+    const char *all;
+    mox_status_t st = mox__shm_node_put(req, &s->node, s->src,
+                                        s->count[s->me] * s->esz);
+    if (st == MOX_OK)
+        st = mox__shm_node_fetch(req, &s->node, &all);
+    if (st != MOX_OK)
+        return st;
+    unpack_nodes(req->comm, s, all);
+    mox__shm_node_done(req, &s->node);
+    return MOX_OK;
+}
+
+/* Leader mode: the node's blocks are in the shm area: pack them into my
+ * column (or, for a folded row, into the fold message). */
+static mox_status_t gather_node(mox__comm_t *c, struct mox_req *req, rd_t *s)
+{
+    mox_status_t st = mox__shm_node_gather(req, &s->node, s->ndata);
+    if (st != MOX_OK)
+        return st;
+    int v = s->g.row;
+    s->phase = PH_FOLD;
+    if (v < s->N2) {
+        pack_node(c, s, s->col + HDR + s->voff[s->vpos[v]] * s->esz);
+        return MOX_OK;
+    }
+    char *tx = s->tx + s->tx_off[s->nsteps];
+    memcpy(tx, s->hdr_out, HDR);
+    pack_node(c, s, tx + HDR);
+    return mox__isend(c, col_peer(s, v - s->N2),
+                      mox__tag(req->seq, STEP_FOLD), tx,
+                      HDR + s->unit[s->me] * s->esz, s->fold_send);
+}
+
+/* Leader mode: the whole vector to the node, then into my output. */
+static mox_status_t publish_node(mox__comm_t *c, struct mox_req *req,
+                                 rd_t *s)
+{
+    char *dst;
+    size_t bytes = s->voff[s->g.N] * s->esz;
+    mox_status_t st = mox__shm_node_slot(req, &s->node, bytes, &dst);
+    if (st != MOX_OK)
+        return st;
+    if (bytes)
+        memcpy(dst, s->col + HDR, bytes);
+    mox__shm_node_publish(req, &s->node);
+    unpack_nodes(c, s, s->col + HDR);
+    s->phase = PH_DONE;
+    return MOX_OK;
+}
+
+/*
+ * A header did not match (leader mode: also a rank of my node): every
+ * column peer I have not sent to yet gets an abort header alone, so that
+ * it fails naming the mismatch instead of waiting for a message that will
+ * not come; the error is returned once those messages are out.
+ */
+static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
+                                       rd_t *s, mox_status_t err)
+{
+    if (s->err == MOX_OK) {
+        s->err = err;
+        mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
+        for (int i = 0; i < s->nsteps; i++) {
+            uint64_t mine[2], theirs[2];
+            int p;
+            step_ranges(s, i, mine, theirs, &p);
+            if (!s->step_send[i].posted)
+                (void)mox__isend(c, col_peer(s, p),
+                                 mox__tag(req->seq, STEP_DOUBLE + i),
+                                 s->hdr_abort, HDR, &s->step_send[i]);
+        }
+        int v = s->g.row, extra = v >= s->N2;
+        int to = extra ? v - s->N2 : v + s->N2;
+        if (!s->fold_send->posted && (extra || to < s->g.N))
+            (void)mox__isend(c, col_peer(s, to),
+                             mox__tag(req->seq,
+                                      extra ? STEP_FOLD : STEP_UNFOLD),
+                             s->hdr_abort, HDR, s->fold_send);
+    }
+    if (!all_done(s->step_send, (size_t)s->nsteps) ||
+        !all_done(s->fold_send, 1))
+        return MOX_IN_PROGRESS;
+    return s->err;
+}
+
+static mox_status_t run(struct mox_req *req)
 {
     rd_t *s = req->state;
     mox__comm_t *c = req->comm;
     mox_status_t st = s->start_error;
     if (st != MOX_OK)
         return st;
+    if (s->phase == PH_GATHER && (st = gather_node(c, req, s)) != MOX_OK)
+        return st;
     if ((st = column(c, req, s)) != MOX_OK)
+        return st;
+    if (s->phase == PH_ROW && s->leader &&
+        (st = publish_node(c, req, s)) != MOX_OK)
         return st;
     if (s->phase == PH_ROW) {
         /* My column is complete: into the output, and to the row. */
@@ -278,6 +414,15 @@ static mox_status_t progress(struct mox_req *req)
     return mox__treqs_check(c, s->t, s->nt, "allgather");
 }
 
+static mox_status_t progress(struct mox_req *req)
+{
+    rd_t *s = req->state;
+    mox_status_t st = s->err != MOX_OK ? s->err : run(req);
+    if (st == MOX_ERR_MISMATCH || st == MOX_ERR_PROTOCOL)
+        return fail_after_headers(req->comm, req, s, st);
+    return st;
+}
+
 /* Receives (every step, the fold, the row peers) and the fold send. */
 static mox_status_t post_initial(struct mox_req *req, rd_t *s)
 {
@@ -298,7 +443,7 @@ static mox_status_t post_initial(struct mox_req *req, rd_t *s)
         st = mox__irecv(c, col_peer(s, v - s->N2),
                         mox__tag(req->seq, STEP_UNFOLD), s->col,
                         HDR + s->voff[s->g.N] * s->esz, s->fold_recv);
-        if (st == MOX_OK)
+        if (st == MOX_OK && !s->leader) /* leader mode: once gathered */
             st = send_packed(c, s, col_peer(s, v - s->N2),
                              mox__tag(req->seq, STEP_FOLD),
                              s->tx + s->tx_off[s->nsteps], s->src, mine,
@@ -355,7 +500,7 @@ static size_t layout(rd_t *s, char *base)
         s->tx_off[s->nsteps] = tx;
         s->rx_off[s->nsteps] = rx;
     }
-    tx += v >= s->N2 ? SLOT(HDR + s->count[s->me] * s->esz) : 0;
+    tx += v >= s->N2 ? SLOT(HDR + s->unit[s->me] * s->esz) : 0;
     if (v < s->N2 && v + s->N2 < N) {
         int k = s->vpos[v + s->N2];
         rx += SLOT(HDR + (s->voff[k + 1] - s->voff[k]) * s->esz);
@@ -373,13 +518,30 @@ static size_t layout(rd_t *s, char *base)
     return off;
 }
 
+/* Leader mode: the grid is one column of the nodes' leaders, and a
+ * leader's unit is its node's total. */
+static void leader_grid(mox__comm_t *c, rd_t *s)
+{
+    s->g.N = c->topo.num_nodes;
+    s->g.L = 1;
+    s->g.row = c->node;
+    s->g.col = 0;
+    for (int n = 0; n < s->g.N; n++) {
+        int lead = mox__topo_rank_at(&c->topo, n, 0);
+        s->g.rank[n] = lead;
+        for (int l = 0; l < c->local_size; l++)
+            s->unit[lead] += s->count[mox__topo_rank_at(&c->topo, n, l)];
+    }
+}
+
 mox_status_t mox__allgather_rdoubling(struct mox_req *req,
                                       const mox__ag_args_t *a)
 {
     mox__comm_t *c = req->comm;
     int P = c->size;
     size_t fixed = sizeof(rd_t) + (size_t)P * (3 * sizeof(int) +
-                                               3 * sizeof(uint64_t)) +
+                                               4 * sizeof(uint64_t) +
+                                               sizeof(char *)) +
                    sizeof(uint64_t);
     rd_t *s = calloc(1, fixed);
     if (!s)
@@ -388,14 +550,12 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
     req->cleanup = free_state;
     s->count = (uint64_t *)(s + 1);
     s->displ = s->count + P;
-    s->voff = s->displ + P;
-    s->g.rank = (int *)(s->voff + P + 1);
+    s->unit = s->displ + P;
+    s->voff = s->unit + P;
+    s->ndata = (const char **)(void *)(s->voff + P + 1);
+    s->g.rank = (int *)(s->ndata + P);
     s->vrow = s->g.rank + P;
     s->vpos = s->vrow + P;
-    if (a->hier)
-        mox__grid_build(c, 1, &s->g);
-    else
-        mox__grid_build_column(c, &s->g);
     s->P = P;
     s->me = c->rank;
     s->esz = mox__dtype_size(a->dtype);
@@ -403,11 +563,42 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
     s->out = a->out;
     memcpy(s->count, a->counts, (size_t)P * sizeof(uint64_t));
     memcpy(s->displ, a->displs, (size_t)P * sizeof(uint64_t));
+    uint64_t total = 0;
+    for (int r = 0; r < P; r++)
+        total += s->count[r];
+    s->hdr = (mox__rsag_hdr_t){
+        MOX_RSAG_KIND_AG, req->seq,
+        mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, s->count, P), total,
+        s->count[s->me]};
+    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    /* My block into place in the output (unless in place). */
+    size_t mine = s->count[s->me] * s->esz;
+    char *at = s->out + s->displ[s->me] * s->esz;
+    if (mine && at != s->src)
+        memcpy(at, s->src, mine);
+    if (a->leader) {
+        s->leader = c->local_rank == 0 ? 1 : 2;
+        mox_status_t st = mox__shm_node_init(req, &s->node, "allgather",
+                                             &s->hdr, s->hdr_out);
+        if (st != MOX_OK)
+            return st;
+        leader_grid(c, s);
+    } else {
+        memcpy(s->unit, s->count, (size_t)P * sizeof *s->unit);
+        if (a->hier)
+            mox__grid_build(c, 1, &s->g);
+        else
+            mox__grid_build_column(c, &s->g);
+    }
     int N = s->g.N;
     s->N2 = mox__vrows(N, &s->nsteps, s->vrow, s->vpos);
     s->voff[0] = 0;
     for (int k = 0; k < N; k++)
-        s->voff[k + 1] = s->voff[k] + s->count[col_peer(s, s->vrow[k])];
+        s->voff[k + 1] = s->voff[k] + s->unit[col_peer(s, s->vrow[k])];
+    if (s->leader == 2) { /* no messages: the shm area only */
+        req->progress = member_progress;
+        return MOX_OK;
+    }
     if (s->g.row >= s->N2)
         s->nsteps = 0; /* folded rows only send and receive once */
     s->nt = 2 * (size_t)s->nsteps + 2 + 2 * (size_t)(s->g.L - 1);
@@ -423,22 +614,11 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
     s->fold_send = s->fold_recv + 1;
     s->row_recv = s->fold_send + 1;
     s->row_send = s->row_recv + (s->g.L - 1);
-    uint64_t total = 0;
-    for (int r = 0; r < P; r++)
-        total += s->count[r];
-    s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_AG, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, s->count, P), total,
-        s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
     memcpy(s->col, s->hdr_out, HDR);
-    /* My block into place in the output (unless in place) and in the
-     * column (a folded row gets the whole column later). */
-    size_t mine = s->count[s->me] * s->esz;
-    char *at = s->out + s->displ[s->me] * s->esz;
-    if (mine && at != s->src)
-        memcpy(at, s->src, mine);
-    if (mine && s->g.row < s->N2)
+    /* My block in the column (a folded row gets the whole column later;
+     * leader mode: the node's blocks, once gathered). */
+    s->phase = s->leader ? PH_GATHER : PH_FOLD;
+    if (!s->leader && mine && s->g.row < s->N2)
         memcpy(s->col + HDR + s->voff[s->vpos[s->g.row]] * s->esz, s->src,
                mine);
     req->treqs = s->t;

@@ -49,6 +49,14 @@ typedef struct {
     const char *in;
     char *out;
     uint64_t *count, *displ;     /* [P] */
+    /* Elements of each grid rank in the column phase: count, or in
+     * leader mode the node's total at its leader. */
+    uint64_t *unit;              /* [P] */
+    int leader;                  /* leader mode: 1 leader, 2 other rank */
+    mox__shm_node_t node;
+    uint64_t node_off;           /* leader mode: my slice in the node's */
+    uint64_t total;              /* elements of the whole vector */
+    const char **ndata;          /* leader mode: [L] local ranks' inputs */
     int *vrow;                   /* [N] rows in slice order */
     int *vpos;                   /* [N] row -> index in vrow */
     uint64_t *voff;              /* [N+1] slice offsets, in slice order */
@@ -75,7 +83,11 @@ enum { PH_ROW, PH_FOLD, PH_HALVE, PH_DONE };
 static void free_state(struct mox_req *req)
 {
     rh_t *s = req->state;
-    if (!s || !s->mem)
+    if (!s)
+        return;
+    if (s->leader)
+        mox__shm_node_end(req, &s->node, req->status);
+    if (!s->mem)
         return;
     for (int i = 0; i < s->nsteps + 2; i++)
         free(s->stage[i]);
@@ -148,6 +160,30 @@ static mox_status_t reduce_row(mox__comm_t *c, rh_t *s)
     return MOX_OK;
 }
 
+/* Leader mode: the node's inputs (mine, then the others' in the shm area,
+ * in local order) reduced into acc, where node n's block holds its ranks'
+ * slices in local order. */
+static void reduce_node(mox__comm_t *c, rh_t *s)
+{
+    for (int j = 0; j < c->local_size; j++) {
+        const char *src = j ? s->ndata[j] : s->in;
+        for (int k = 0; k < s->g.N; k++) {
+            uint64_t at = s->voff[k];
+            for (int l = 0; l < c->local_size; l++) {
+                int r = mox__topo_rank_at(&c->topo, s->vrow[k], l);
+                const char *x = src + s->displ[r] * s->esz;
+                char *a = s->acc + at * s->asz;
+                if (j == 0)
+                    mox__reduce_init(s->acc_t, a, s->dt, x, s->count[r]);
+                else
+                    mox__reduce_apply(s->op, s->acc_t, a, s->dt, x,
+                                      s->count[r]);
+                at += s->count[r];
+            }
+        }
+    }
+}
+
 static int col_peer(const rh_t *s, int row) { return rank_at(s, row, s->g.col); }
 
 /* Send acc[lo, hi) (slice elements) to row `row` with the header. */
@@ -197,10 +233,17 @@ static mox_status_t step(struct mox_req *req)
     int has_extra = !extra && s->g.row + s->N2 < s->g.N;
     uint64_t slice = s->voff[s->g.N];
     if (s->phase == PH_ROW) {
-        if (!all_done(s->row_recv, (size_t)s->g.L - 1))
-            return MOX_IN_PROGRESS;
-        if ((st = reduce_row(c, s)) != MOX_OK)
-            return st;
+        if (s->leader) {
+            if ((st = mox__shm_node_gather(req, &s->node, s->ndata)) !=
+                MOX_OK)
+                return st;
+            reduce_node(c, s);
+        } else {
+            if (!all_done(s->row_recv, (size_t)s->g.L - 1))
+                return MOX_IN_PROGRESS;
+            if ((st = reduce_row(c, s)) != MOX_OK)
+                return st;
+        }
         s->phase = PH_FOLD;
         if (extra && (st = send_acc(c, s, s->g.row - s->N2,
                                     mox__tag(req->seq, STEP_FOLD), 0, slice,
@@ -211,7 +254,7 @@ static mox_status_t step(struct mox_req *req)
         if ((extra || has_extra) && !s->fold_recv->done)
             return MOX_IN_PROGRESS;
         if (extra) {
-            uint64_t mine = s->count[s->me];
+            uint64_t mine = s->unit[s->me];
             if ((st = check_msg(c, s, s->fold_recv, s->rx_fold,
                                 mine * s->asz)) != MOX_OK)
                 return st;
@@ -264,6 +307,17 @@ static mox_status_t step(struct mox_req *req)
         return st;
     const char *res = extra ? s->rx_fold + HDR
                             : s->acc + s->voff[s->vpos[s->g.row]] * s->asz;
+    if (s->leader) {
+        /* The node's block, rank by rank in local order: mine first. */
+        char *dst;
+        st = mox__shm_node_slot(req, &s->node, s->unit[s->me] * s->esz, &dst);
+        if (st != MOX_OK)
+            return st;
+        mox__reduce_finish(s->op, s->dt, dst, res, s->unit[s->me], s->P);
+        memcpy(s->out, dst, s->count[s->me] * s->esz);
+        mox__shm_node_publish(req, &s->node);
+        return MOX_OK;
+    }
     mox__reduce_finish(s->op, s->dt, s->out, res, s->count[s->me], s->P);
     return MOX_OK;
 }
@@ -303,6 +357,23 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
     return s->err;
 }
 
+/* Leader mode, a rank other than the leader: my input to the leader,
+ * my slice of the node's result back. */
+static mox_status_t member_progress(struct mox_req *req)
+{
+    rh_t *s = req->state;
+    const char *res;
+    mox_status_t st = mox__shm_node_put(req, &s->node, s->in,
+                                        s->total * s->esz);
+    if (st == MOX_OK)
+        st = mox__shm_node_fetch(req, &s->node, &res);
+    if (st != MOX_OK)
+        return st;
+    memcpy(s->out, res + s->node_off * s->esz, s->count[s->me] * s->esz);
+    mox__shm_node_done(req, &s->node);
+    return MOX_OK;
+}
+
 static mox_status_t progress(struct mox_req *req)
 {
     rh_t *s = req->state;
@@ -331,7 +402,7 @@ static mox_status_t post_initial(struct mox_req *req, rh_t *s)
     if (st == MOX_OK && extra)
         st = mox__irecv(c, col_peer(s, s->g.row - s->N2),
                         mox__tag(req->seq, STEP_UNFOLD), s->rx_fold,
-                        HDR + s->count[s->me] * s->asz, s->fold_recv);
+                        HDR + s->unit[s->me] * s->asz, s->fold_recv);
     else if (st == MOX_OK && s->g.row + s->N2 < s->g.N)
         st = mox__irecv(c, col_peer(s, s->g.row + s->N2),
                         mox__tag(req->seq, STEP_FOLD), s->rx_fold,
@@ -388,7 +459,7 @@ static size_t layout(rh_t *s, char *base)
     }
     PLACE(tx, tx);
     PLACE(rx_row, (size_t)(L - 1) * (HDR + slice * s->esz));
-    uint64_t fold = s->g.row >= s->N2 ? s->count[s->me] : slice;
+    uint64_t fold = s->g.row >= s->N2 ? s->unit[s->me] : slice;
     PLACE(rx_fold, HDR + fold * s->asz);
     size_t rx = 0;
     for (int i = 0; i < s->nsteps; i++) {
@@ -404,13 +475,32 @@ static size_t layout(rh_t *s, char *base)
     return off;
 }
 
+/* Leader mode: the grid is one column of the nodes' leaders, and a
+ * leader's unit is its node's total. */
+static void leader_grid(mox__comm_t *c, rh_t *s)
+{
+    s->g.N = c->topo.num_nodes;
+    s->g.L = 1;
+    s->g.row = c->node;
+    s->g.col = 0;
+    for (int n = 0; n < s->g.N; n++) {
+        int lead = mox__topo_rank_at(&c->topo, n, 0);
+        s->g.rank[n] = lead;
+        for (int l = 0; l < c->local_size; l++)
+            s->unit[lead] += s->count[mox__topo_rank_at(&c->topo, n, l)];
+    }
+    for (int l = 0; l < c->local_rank; l++)
+        s->node_off += s->count[mox__topo_rank_at(&c->topo, c->node, l)];
+}
+
 mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
                                           const mox__rs_args_t *a)
 {
     mox__comm_t *c = req->comm;
     int P = c->size;
     size_t fixed = sizeof(rh_t) + (size_t)P * (3 * sizeof(int) +
-                                               3 * sizeof(uint64_t)) +
+                                               4 * sizeof(uint64_t) +
+                                               sizeof(char *)) +
                    sizeof(uint64_t);
     rh_t *s = calloc(1, fixed);
     if (!s)
@@ -419,14 +509,12 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
     req->cleanup = free_state;
     s->count = (uint64_t *)(s + 1);
     s->displ = s->count + P;
-    s->voff = s->displ + P;
-    s->g.rank = (int *)(s->voff + P + 1);
+    s->unit = s->displ + P;
+    s->voff = s->unit + P;
+    s->ndata = (const char **)(void *)(s->voff + P + 1);
+    s->g.rank = (int *)(s->ndata + P);
     s->vrow = s->g.rank + P;
     s->vpos = s->vrow + P;
-    if (a->node_grid)
-        mox__grid_build(c, 1, &s->g);
-    else
-        mox__grid_build_column(c, &s->g);
     s->P = P;
     s->me = c->rank;
     s->dt = a->dtype;
@@ -436,18 +524,40 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
     s->asz = mox__dtype_size(s->acc_t);
     s->in = a->in;
     s->out = a->out;
-    uint64_t total = 0;
     for (int r = 0; r < P; r++) {
         s->count[r] = a->counts[r];
-        s->displ[r] = total;
-        total += a->counts[r];
+        s->displ[r] = s->total;
+        s->total += a->counts[r];
+    }
+    s->hdr = (mox__rsag_hdr_t){
+        MOX_RSAG_KIND_RS, req->seq,
+        mox__rsag_hash(MOX_RSAG_KIND_RS, a->dtype, a->op, 0, s->count, P),
+        s->total, s->count[s->me]};
+    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    if (a->leader) {
+        s->leader = c->local_rank == 0 ? 1 : 2;
+        mox_status_t st = mox__shm_node_init(req, &s->node, "reduce_scatter",
+                                             &s->hdr, s->hdr_out);
+        if (st != MOX_OK)
+            return st;
+        leader_grid(c, s);
+        if (s->leader == 2) { /* no messages: the shm area only */
+            req->progress = member_progress;
+            return MOX_OK;
+        }
+    } else {
+        memcpy(s->unit, s->count, (size_t)P * sizeof *s->unit);
+        if (a->node_grid)
+            mox__grid_build(c, 1, &s->g);
+        else
+            mox__grid_build_column(c, &s->g);
     }
     int N = s->g.N;
     s->N2 = mox__vrows(N, &s->nsteps, s->vrow, s->vpos);
     s->voff[0] = 0;
     for (int k = 0; k < N; k++)
-        s->voff[k + 1] = s->voff[k] + s->count[rank_at(s, s->vrow[k],
-                                                       s->g.col)];
+        s->voff[k + 1] = s->voff[k] + s->unit[rank_at(s, s->vrow[k],
+                                                      s->g.col)];
     if (s->g.row >= s->N2)
         s->nsteps = 0; /* folded rows only send and receive once */
     s->nt = (size_t)2 * (size_t)(s->g.L - 1) + 2 * (size_t)s->nsteps + 2;
@@ -463,11 +573,6 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
     s->step_send = s->step_recv + s->nsteps;
     s->fold_recv = s->step_send + s->nsteps;
     s->fold_send = s->fold_recv + 1;
-    s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_RS, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_RS, a->dtype, a->op, 0, s->count, P),
-        total, s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
     req->treqs = s->t;
     req->ntreqs = s->nt;
     req->progress = progress;

@@ -97,20 +97,24 @@ _Static_assert(HDR + 8 <= MOX_COLL_HDR_BYTES, "room for the packed size");
 
 enum { PH_TURN, PH_ARRIVE };
 
+/* An op's place in the communicator's order of small ops: the op number
+ * of its round 0, the flag value of the op before it, the flag value of
+ * the last op in each slot before it. */
+typedef struct {
+    uint64_t seq, ops0, prev0, before[MOX_COLL_SLOTS];
+} turns_t;
+
 typedef struct {
     uint32_t kind;               /* MOX_RSAG_KIND_RS or _AG */
     int P, me, slot, phase;
     int next;                    /* first rank not yet seen in this phase */
-    int waiting;                 /* rank keeping us waiting (-1: none) */
+    mox__shm_waiter_t wt;
     uint64_t seq1, prev1, reuse1;
-    /* Rounds (allgather): this one, how many, bytes of each block per
-     * round; op number of round 0, and the flag values before this op
-     * (the last op started, the last op in each slot). */
+    /* Rounds: this one, how many, (allgather) bytes of each block per
+     * round; the op's place in the order of small ops. */
     uint32_t round, rounds;
     size_t cap;
-    uint64_t ops0, prev0, before[MOX_COLL_SLOTS];
-    unsigned polls;
-    uint64_t wait_ns, check_ns;  /* waiting on `next` since; last check */
+    turns_t turns;
     const char *src;             /* what goes into my slot */
     size_t src_bytes;            /* dense reduce-scatter: what goes into
                                     my slot (the whole vector) */
@@ -198,33 +202,35 @@ static int describe_wait(struct mox_req *req, char *buf, size_t len)
 
 /* Rank r keeps us waiting: now and then read the clock, ask whether r
  * lives, and give up after MOX_TIMEOUT without a flag moving. */
-static mox_status_t wait_for(struct mox_req *req, sm_t *s, int r)
+static mox_status_t wait_for(struct mox_req *req, mox__shm_waiter_t *w, int r)
 {
     mox__comm_t *c = req->comm;
-    if (r != s->waiting) {
-        s->waiting = r;
-        s->wait_ns = 0;
+    if (r != w->waiting) {
+        w->waiting = r;
+        w->wait_ns = 0;
     }
-    if (++s->polls % CLOCK_POLLS)
+    if (++w->polls % CLOCK_POLLS)
         return MOX_IN_PROGRESS;
     uint64_t now = mox__now_ns();
-    if (!s->wait_ns) {
-        s->wait_ns = s->check_ns = now;
+    if (!w->wait_ns) {
+        w->wait_ns = w->check_ns = now;
         return MOX_IN_PROGRESS;
     }
-    if (now - s->check_ns >= PEER_CHECK_NS) {
-        s->check_ns = now;
+    if (now - w->check_ns >= PEER_CHECK_NS) {
+        w->check_ns = now;
         mox_status_t st = mox__peer_check(c, r);
         if (st != MOX_OK)
             return mox__fail(c, st, "%s: rank %d is gone (its process "
                              "ended) while this rank waited for its shm "
                              "flag", req->name, r);
     }
-    uint64_t ms = (now - s->wait_ns) / 1000000u;
+    uint64_t ms = (now - w->wait_ns) / 1000000u;
     if (ms <= (uint64_t)c->cfg.timeout_ms)
         return MOX_IN_PROGRESS;
     char ranks[192] = "";
-    int n = describe_wait(req, ranks, sizeof ranks);
+    int n = req->describe_wait ? req->describe_wait(req, ranks, sizeof ranks)
+                               : snprintf(ranks, sizeof ranks,
+                                          "%d (shm flag)", r) > 0;
     return mox__fail(c, MOX_ERR_TIMEOUT, "%s: no progress for %llu ms "
                      "(MOX_TIMEOUT=%lld); still waiting for rank%s %s",
                      req->name, (unsigned long long)ms,
@@ -542,21 +548,21 @@ static mox_status_t step(struct mox_req *req)
             if (c->failed)
                 return mox__fail(c, MOX_ERR_COMM_FAILED, "%s: the small "
                                  "collective before it failed", req->name);
-            return wait_for(req, s, s->me);
+            return wait_for(req, &s->wt, s->me);
         }
         for (; s->next < s->P; s->next++)
             if (pending(s, s->next))
-                return wait_for(req, s, s->next);
+                return wait_for(req, &s->wt, s->next);
         write_slot(s, c);
         atomic_store_explicit(s->cs[s->me]->written, s->seq1,
                               memory_order_release);
         s->phase = PH_ARRIVE;
         s->next = 0;
-        s->waiting = -1;
+        s->wt.waiting = -1;
     }
     for (; s->next < s->P; s->next++)
         if (pending(s, s->next))
-            return wait_for(req, s, s->next);
+            return wait_for(req, &s->wt, s->next);
     return complete(req, s);
 }
 
@@ -612,34 +618,49 @@ size_t mox__shm_sparse_bitmap_bytes(uint64_t total, uint64_t block_elems)
     return (size_t)((total / block_elems + 511) / 512 * 64);
 }
 
-/* Round j of this op: its slot and flag value, what it waits for. */
-static void enter_round(sm_t *s, uint32_t j)
+/* Round j of an op (turns_t): its slot, flag value, the value its rank's
+ * previous round had (prev1) and the value every rank must have read
+ * before the slot is written (reuse1). */
+static void round_of(const turns_t *t, uint32_t j, int *slot, uint64_t *seq1,
+                     uint64_t *prev1, uint64_t *reuse1)
 {
-    uint64_t seq = s->hdr.seq;
-    s->round = j;
-    s->slot = (int)((s->ops0 + j) % MOX_COLL_SLOTS);
-    s->seq1 = flag_of(seq, j);
-    s->prev1 = j ? flag_of(seq, j - 1) : s->prev0;
-    s->reuse1 = j >= MOX_COLL_SLOTS ? flag_of(seq, j - MOX_COLL_SLOTS)
-                                    : s->before[s->slot];
-    s->phase = PH_TURN;
-    s->next = 0;
-    s->waiting = -1;
+    *slot = (int)((t->ops0 + j) % MOX_COLL_SLOTS);
+    *seq1 = flag_of(t->seq, j);
+    *prev1 = j ? flag_of(t->seq, j - 1) : t->prev0;
+    *reuse1 = j >= MOX_COLL_SLOTS ? flag_of(t->seq, j - MOX_COLL_SLOTS)
+                                  : t->before[*slot];
 }
 
-/* Number this op's rounds in the communicator's order of small ops. */
-static void take_turns(mox__comm_t *c, sm_t *s, uint64_t seq, uint32_t rounds)
+/* Number an op's rounds in the communicator's order of small ops. */
+static void number_rounds(mox__comm_t *c, uint64_t seq, uint32_t rounds,
+                          turns_t *t)
 {
-    s->rounds = rounds;
-    s->ops0 = c->shm_small.ops;
-    s->prev0 = c->shm_small.last_seq1;
-    memcpy(s->before, c->shm_small.slot_seq1, sizeof s->before);
+    t->seq = seq;
+    t->ops0 = c->shm_small.ops;
+    t->prev0 = c->shm_small.last_seq1;
+    memcpy(t->before, c->shm_small.slot_seq1, sizeof t->before);
     c->shm_small.ops += rounds;
     c->shm_small.last_seq1 = flag_of(seq, rounds - 1);
     for (uint32_t j = rounds > MOX_COLL_SLOTS ? rounds - MOX_COLL_SLOTS : 0;
          j < rounds; j++)
-        c->shm_small.slot_seq1[(s->ops0 + j) % MOX_COLL_SLOTS] =
+        c->shm_small.slot_seq1[(t->ops0 + j) % MOX_COLL_SLOTS] =
             flag_of(seq, j);
+}
+
+/* Round j of this op: its slot and flag value, what it waits for. */
+static void enter_round(sm_t *s, uint32_t j)
+{
+    s->round = j;
+    round_of(&s->turns, j, &s->slot, &s->seq1, &s->prev1, &s->reuse1);
+    s->phase = PH_TURN;
+    s->next = 0;
+    s->wt.waiting = -1;
+}
+
+static void take_turns(mox__comm_t *c, sm_t *s, uint64_t seq, uint32_t rounds)
+{
+    s->rounds = rounds;
+    number_rounds(c, seq, rounds, &s->turns);
     s->hdr.seq = seq;
     enter_round(s, 0);
 }
@@ -822,4 +843,243 @@ mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
         total, s->count[s->me]};
     mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
     return MOX_OK; /* in rounds when the blocks do not fit a slot */
+}
+
+/* ------------------------------------------------------------------ */
+/* Leader mode of rhalving and rdoubling on several nodes (core/rsag.h):
+ * the node's ranks meet their leader (local rank 0) in the area, in two
+ * rounds numbered like every other small op's. Round 0's flag value k0
+ * is each rank's `written` (the others; the leader writes nothing) and,
+ * once its data is out or read, its `read`; round 1's, k0 + 1, is the
+ * leader's `written` once its result is in its slot, or its `failed`. The
+ * leader's `written` cannot pass k0 + 1 before every rank of the node has
+ * read round 1: its next round-1 write waits for their `read`. */
+
+enum { NODE_START, NODE_IN, NODE_OUT, NODE_DONE };
+
+int mox__shm_node_may(mox__comm_t *c, uint64_t bytes)
+{
+    return c->topo.num_nodes > 1 && c->local_size > 1 &&
+           c->cfg.shm_small > 0 && bytes <= (uint64_t)c->cfg.shm_small &&
+           mox__grid_nodes_equal(c) &&
+           mox__shm_coll_slot(c, c->local_rank) != NULL;
+}
+
+mox_status_t mox__shm_node_init(struct mox_req *req, mox__shm_node_t *n,
+                                const char *what, const mox__rsag_hdr_t *h,
+                                const unsigned char *hdr_out)
+{
+    mox__comm_t *c = req->comm;
+    turns_t t;
+    uint64_t k1, prev1;
+    n->L = c->local_size;
+    n->me = c->local_rank;
+    n->leader = mox__topo_rank_at(&c->topo, c->node, 0);
+    n->what = what;
+    n->h = h;
+    n->hdr_out = hdr_out;
+    n->wt.waiting = -1;
+    number_rounds(c, h->seq, 2, &t);
+    round_of(&t, 0, &n->slot0, &n->k0, &n->prev0, &n->reuse0);
+    round_of(&t, 1, &n->slot1, &k1, &prev1, &n->reuse1);
+    n->cs = calloc((size_t)n->L, sizeof *n->cs);
+    if (!n->cs)
+        return mox__fail(c, MOX_ERR_NO_MEMORY, "%s: no memory", req->name);
+    for (int l = 0; l < n->L; l++)
+        if (!(n->cs[l] = mox__shm_coll_slot(c, l)))
+            return mox__fail(c, MOX_ERR_TRANSPORT, "%s: no shm collective "
+                             "area for local rank %d", req->name, l);
+    return MOX_OK;
+}
+
+static int local_rank_of(mox__comm_t *c, int l)
+{
+    return mox__topo_rank_at(&c->topo, c->node, l);
+}
+
+/* Every local rank has read at least `flag` (from n->next on). */
+static mox_status_t wait_read(struct mox_req *req, mox__shm_node_t *n,
+                              uint64_t flag)
+{
+    for (; n->next < n->L; n->next++)
+        if (atomic_load_explicit(n->cs[n->next]->read,
+                                 memory_order_acquire) < flag)
+            return wait_for(req, &n->wt, local_rank_of(req->comm, n->next));
+    n->next = 0;
+    n->wt.waiting = -1;
+    return MOX_OK;
+}
+
+/* My previous small op has finished (ops run one at a time, in order). */
+static mox_status_t wait_prev(struct mox_req *req, mox__shm_node_t *n)
+{
+    mox__comm_t *c = req->comm;
+    if (c->shm_small.done_seq1 >= n->prev0)
+        return MOX_OK;
+    if (c->failed)
+        return mox__fail(c, MOX_ERR_COMM_FAILED, "%s: the small collective "
+                         "before it failed", req->name);
+    return wait_for(req, &n->wt, req->comm->rank);
+}
+
+static mox_status_t room(struct mox_req *req, const mox__shm_node_t *n,
+                         size_t bytes)
+{
+    size_t cap = n->cs[n->me]->slot_bytes - MOX_COLL_HDR_BYTES;
+    if (bytes <= cap)
+        return MOX_OK;
+    return mox__fail(req->comm, MOX_ERR_INVALID_ARG, "%s: %zu bytes do not "
+                     "fit a shm collective slot of %zu", req->name, bytes,
+                     cap);
+}
+
+mox_status_t mox__shm_node_put(struct mox_req *req, mox__shm_node_t *n,
+                               const void *data, size_t bytes)
+{
+    mox__comm_t *c = req->comm;
+    mox_status_t st;
+    if (n->state != NODE_START)
+        return MOX_OK;
+    if ((st = wait_prev(req, n)) != MOX_OK ||
+        (st = wait_read(req, n, n->reuse0)) != MOX_OK ||
+        (st = room(req, n, bytes)) != MOX_OK)
+        return st;
+    char *slot = n->cs[n->me]->slot[n->slot0];
+    memcpy(slot, n->hdr_out, HDR);
+    if (bytes)
+        memcpy(slot + MOX_COLL_HDR_BYTES, data, bytes);
+    atomic_store_explicit(n->cs[n->me]->written, n->k0, memory_order_release);
+    /* It reads nothing in round 0. */
+    atomic_store_explicit(n->cs[n->me]->read, n->k0, memory_order_release);
+    c->shm_small.done_seq1 = n->k0;
+    n->state = NODE_OUT;
+    mox__count_put(c, bytes);
+    return MOX_OK;
+}
+
+mox_status_t mox__shm_node_gather(struct mox_req *req, mox__shm_node_t *n,
+                                  const char **data)
+{
+    mox__comm_t *c = req->comm;
+    mox_status_t st;
+    if (n->state == NODE_START) {
+        if ((st = wait_prev(req, n)) != MOX_OK)
+            return st;
+        n->state = NODE_IN;
+        n->next = 1;
+    }
+    for (; n->next < n->L; n->next++)
+        if (atomic_load_explicit(n->cs[n->next]->written,
+                                 memory_order_acquire) < n->k0)
+            return wait_for(req, &n->wt, local_rank_of(c, n->next));
+    n->next = 0;
+    n->wt.waiting = -1;
+    for (int l = 1; l < n->L; l++) {
+        const char *slot = n->cs[l]->slot[n->slot0];
+        if (memcmp(slot, n->hdr_out, MOX_RSAG_HDR_AGREED_BYTES) &&
+            (st = mox__rsag_hdr_check(c, n->what, local_rank_of(c, l), slot,
+                                      HDR, n->h)) != MOX_OK)
+            return st;
+        data[l] = slot + MOX_COLL_HDR_BYTES;
+    }
+    n->state = NODE_OUT;
+    return MOX_OK;
+}
+
+mox_status_t mox__shm_node_slot(struct mox_req *req, mox__shm_node_t *n,
+                                size_t bytes, char **dst)
+{
+    mox_status_t st;
+    if ((st = wait_read(req, n, n->reuse1)) != MOX_OK ||
+        (st = room(req, n, bytes)) != MOX_OK)
+        return st;
+    *dst = n->cs[n->me]->slot[n->slot1] + MOX_COLL_HDR_BYTES;
+    n->out_bytes = bytes;
+    return MOX_OK;
+}
+
+/* Round 1 is over for this rank. */
+static void node_finish(struct mox_req *req, mox__shm_node_t *n)
+{
+    atomic_store_explicit(n->cs[n->me]->read, n->k0 + 1,
+                          memory_order_release);
+    req->comm->shm_small.done_seq1 = n->k0 + 1;
+    req->doze_bell = req->doze_sleepers = NULL;
+    n->state = NODE_DONE;
+}
+
+void mox__shm_node_publish(struct mox_req *req, mox__shm_node_t *n)
+{
+    const mox__coll_slot_t *me = n->cs[n->me];
+    memcpy(me->slot[n->slot1], n->hdr_out, HDR);
+    atomic_store_explicit(me->written, n->k0 + 1, memory_order_release);
+    mox__bell_ring(me->bell, me->sleepers);
+    mox__count_put(req->comm, n->out_bytes);
+    node_finish(req, n);
+}
+
+mox_status_t mox__shm_node_fetch(struct mox_req *req, mox__shm_node_t *n,
+                                 const char **data)
+{
+    mox__comm_t *c = req->comm;
+    const mox__coll_slot_t *ld = n->cs[0];
+    if (atomic_load_explicit(ld->written, memory_order_acquire) >= n->k0 + 1) {
+        const char *slot = ld->slot[n->slot1];
+        mox_status_t st;
+        if (memcmp(slot, n->hdr_out, MOX_RSAG_HDR_AGREED_BYTES) &&
+            (st = mox__rsag_hdr_check(c, n->what, n->leader, slot, HDR,
+                                      n->h)) != MOX_OK)
+            return st;
+        *data = slot + MOX_COLL_HDR_BYTES;
+        return MOX_OK;
+    }
+    if (atomic_load_explicit(ld->failed, memory_order_acquire) >= n->k0 + 1) {
+        mox_status_t code = (mox_status_t)(int64_t)atomic_load_explicit(
+            ld->failed_code, memory_order_relaxed);
+        if (code == MOX_ERR_MISMATCH)
+            return mox__fail(c, code, "%s: rank %d, this node's leader, gave "
+                             "up at sequence %llu: ranks disagree on counts, "
+                             "dtype, op or block size (its error names them)",
+                             n->what, n->leader,
+                             (unsigned long long)n->h->seq);
+        return mox__fail(c, code < 0 ? code : MOX_ERR_PEER, "%s: rank %d, "
+                         "this node's leader, failed at sequence %llu: %s",
+                         n->what, n->leader, (unsigned long long)n->h->seq,
+                         mox_strerror(code));
+    }
+    /* All this rank waits for: mox_wait may sleep until the leader rings. */
+    req->doze_bell = ld->bell;
+    req->doze_sleepers = ld->sleepers;
+    return wait_for(req, &n->wt, n->leader);
+}
+
+void mox__shm_node_done(struct mox_req *req, mox__shm_node_t *n)
+{
+    node_finish(req, n);
+}
+
+void mox__shm_node_end(struct mox_req *req, mox__shm_node_t *n,
+                       mox_status_t st)
+{
+    if (!n->cs)
+        return;
+    if (n->state != NODE_DONE) {
+        if (n->me == 0) {
+            atomic_store_explicit(n->cs[0]->failed_code,
+                                  (uint64_t)(int64_t)(st == MOX_OK
+                                                          ? MOX_ERR_PEER
+                                                          : st),
+                                  memory_order_relaxed);
+            atomic_store_explicit(n->cs[0]->failed, n->k0 + 1,
+                                  memory_order_release);
+            mox__bell_ring(n->cs[0]->bell, n->cs[0]->sleepers);
+        } else if (n->state == NODE_START) {
+            /* Round 0 never written: it counts as written and read. */
+            atomic_store_explicit(n->cs[n->me]->written, n->k0,
+                                  memory_order_release);
+        }
+        node_finish(req, n);
+    }
+    free(n->cs);
+    n->cs = NULL;
 }

@@ -12,8 +12,10 @@
  *     ring:    `slots` slots of `slot_bytes` each
  *   collective area (when MOX_SHM_SMALL > 0), for every local rank i in
  *   order, each part page aligned:
- *     control: written, read (both written by i only), each on its own
- *              pair of cache lines (adjacent-line prefetch)
+ *     control: written, read, failed (+ its status, and a futex bell
+ *              with its count of sleepers), each on its own pair of cache
+ *              lines (adjacent-line prefetch); all but `sleepers` written
+ *              by i only
  *     slots:   MOX_COLL_SLOTS (2) slots of MOX_COLL_HDR_BYTES +
  *              MOX_SHM_SMALL (rounded up to a cache line) each
  *   Rank i writes its input of a small collective into its own slot and
@@ -85,6 +87,9 @@ typedef struct {
 typedef struct {
     _Alignas(SHM_COLL_FLAG_BYTES) _Atomic uint64_t written;
     _Alignas(SHM_COLL_FLAG_BYTES) _Atomic uint64_t read;
+    _Alignas(SHM_COLL_FLAG_BYTES) _Atomic uint64_t failed;
+    _Atomic uint64_t failed_code;
+    _Atomic uint32_t bell, sleepers;
     _Alignas(SHM_COLL_FLAG_BYTES) char slots[];
 } shm_coll_ctl_t;
 

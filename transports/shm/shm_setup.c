@@ -411,6 +411,10 @@ static void init_peers(setup_t *s)
         mox__coll_slot_t *cs = &tp->coll[l];
         cs->written = &ctl->written;
         cs->read = &ctl->read;
+        cs->failed = &ctl->failed;
+        cs->failed_code = &ctl->failed_code;
+        cs->bell = &ctl->bell;
+        cs->sleepers = &ctl->sleepers;
         for (int k = 0; k < MOX_COLL_SLOTS; k++)
             cs->slot[k] = ctl->slots + (size_t)k * tp->coll_slot_bytes;
         cs->slot_bytes = (size_t)tp->coll_slot_bytes;
