@@ -6,6 +6,10 @@
 
 #include "transports/shm/shm.h"
 
+#include <errno.h>
+#include <numaif.h>
+#include <string.h>
+
 static const mox__transport_ops_t *shm = &mox__tp_shm_ops;
 
 static uint8_t pattern(int owner, int slot, size_t i)
@@ -111,6 +115,59 @@ static void body_disabled(int rank, const char *nodes, const char *job)
     h_comm_free(c);
 }
 
+/* The NUMA policy of the bytes at p: its mode, and whether node 0 is in
+ * its node mask. */
+static int policy_at(const void *p, int *has_node0)
+{
+    int mode = -1;
+    unsigned long mask[16] = {0};
+    CHECK(get_mempolicy(&mode, mask, sizeof mask * 8, (void *)p,
+                        MPOL_F_ADDR) == 0,
+          "get_mempolicy: %s", strerror(errno));
+    *has_node0 = (int)(mask[0] & 1);
+    return mode;
+}
+
+/* Each rank's part of the area (its flags and both slots, up to their last
+ * byte) prefers its owner's NUMA node. Here local rank 0, which creates
+ * the segment, has no NUMA node (so nothing binds the segment as a whole)
+ * and the others have node 0: their parts must say MPOL_PREFERRED node 0,
+ * rank 0's the default. */
+static void body_numa(int rank, const char *nodes, const char *job)
+{
+    mox__comm_t *c = h_comm(rank, nodes, job);
+    c->numa_node = c->local_rank == 0 ? -1 : 0;
+    mox__transport_t *tp = NULL;
+    CHECK(shm->create(c, &tp) == MOX_OK && tp, "create");
+    h_allgather(h_oob, "x", (char[8]){0}, 1); /* every rank placed its part */
+    for (int l = 0; l < c->local_size; l++) {
+        const mox__coll_slot_t *a = shm->coll_slot(tp, l);
+        const char *at[3] = {(const char *)a->written, a->slot[0],
+                             a->slot[1] + a->slot_bytes - 1};
+        for (int i = 0; i < 3; i++) {
+            int node0, mode = policy_at(at[i], &node0);
+            if (l == 0)
+                CHECK(mode == MPOL_DEFAULT, "rank 0's part (%d): mode %d, "
+                      "want the default", i, mode);
+            else
+                CHECK(mode == MPOL_PREFERRED && node0, "part of %d (%d): "
+                      "mode %d, node 0 %s; want preferred node 0", l, i,
+                      mode, node0 ? "in" : "not in");
+        }
+    }
+    h_allgather(h_oob, "x", (char[8]){0}, 1);
+    shm->destroy(tp);
+    h_comm_free(c);
+}
+
+static void test_area_parts_on_owner_numa_node(void **state)
+{
+    (void)state;
+    memset(h_env, 0, sizeof h_env);
+    h_env[0] = "MOX_SHM_SMALL=64k";
+    h_run("AAA", body_numa);
+}
+
 static void test_no_area_when_disabled(void **state)
 {
     (void)state;
@@ -182,6 +239,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_slots_are_separate_and_shared),
         cmocka_unit_test(test_no_area_when_disabled),
+        cmocka_unit_test(test_area_parts_on_owner_numa_node),
         cmocka_unit_test(test_disagreeing_size_is_config_error),
         cmocka_unit_test(test_peer_check_sees_dead_peer),
     };

@@ -128,7 +128,8 @@ static void segment_name(const mox__comm_t *c, char *name, size_t len)
 }
 
 /* Best effort: pages follow the creator's NUMA node, not whoever touches
- * them first. */
+ * them first; each rank's part of the collective area then follows its
+ * owner's (init_peers). */
 static void place_on_numa(void *seg, size_t bytes, int numa_node)
 {
     unsigned long mask[16] = {0};
@@ -418,6 +419,11 @@ static void init_peers(setup_t *s)
         for (int k = 0; k < MOX_COLL_SLOTS; k++)
             cs->slot[k] = ctl->slots + (size_t)k * tp->coll_slot_bytes;
         cs->slot_bytes = (size_t)tp->coll_slot_bytes;
+        /* Its owner writes every byte of it and the others read them:
+         * on the owner's NUMA node (before anyone touches it: the first
+         * collective comes after creation). */
+        if (l == tp->local_rank)
+            place_on_numa(ctl, part, c->numa_node);
     }
 }
 
