@@ -81,8 +81,10 @@ typedef enum {
       NULL, 0, (int64_t)1 << 40,                                               \
       "messages of at least this many bytes use single copy")                  \
     X(spin_count, "MOX_SPIN_COUNT", MOX_CFG_INT, "-1", NULL, -1, 100000000,    \
-      "progress polls before a waiting rank starts yielding the CPU; -1 = "    \
-      "auto: 0 when the machine's ranks outnumber its usable cores, else 2000")   \
+      "progress polls before a waiting rank starts yielding the CPU (or, "    \
+      "when all it waits for is its node leader in the shm area, sleeping "   \
+      "on a futex until the leader wakes it); -1 = auto: 0 when the "          \
+      "machine's ranks outnumber its usable cores, else 2000")                 \
     X(alltoallv_algo, "MOX_ALLTOALLV_ALGO", MOX_CFG_ENUM, "auto",              \
       "auto|pairwise|hier", 0, 0,                                              \
       "alltoall(v) algorithm: pairwise (direct) or hier (two-level, one "      \
