@@ -235,10 +235,11 @@ typedef struct {
  *           all of them and checks their headers (mox__shm_node_gather);
  *  round 1: the leader writes the node's result into its slot
  *           (mox__shm_node_slot, mox__shm_node_publish) and the others
- *           read it (mox__shm_node_fetch, mox__shm_node_done); a leader
- *           that fails stores its status in its `failed` flag instead
- *           (mox__shm_node_end), so its node's ranks fail at once with
- *           that status instead of waiting for MOX_TIMEOUT.
+ *           read it (mox__shm_node_fetch, mox__shm_node_done).
+ * A leader that fails before it publishes, or another rank that fails
+ * before it writes round 0, stores its status in its `failed` flag
+ * (mox__shm_node_end), so the ranks waiting for it fail at once with
+ * that status instead of waiting for MOX_TIMEOUT.
  * Calls return MOX_IN_PROGRESS while they wait (with the shm area's
  * MOX_TIMEOUT and dead-peer checks).
  */
@@ -278,8 +279,8 @@ mox_status_t mox__shm_node_fetch(struct mox_req *req, mox__shm_node_t *n,
                                  const char **data);
 void mox__shm_node_done(struct mox_req *req, mox__shm_node_t *n);
 /* From the algorithm's cleanup, on success and failure: a leader that did
- * not publish stores `st` as its failure; every rank's rounds count as
- * read and done. */
+ * not publish, or another rank that did not write round 0, stores `st` as
+ * its failure; every rank's rounds count as read and done. */
 void mox__shm_node_end(struct mox_req *req, mox__shm_node_t *n,
                        mox_status_t st);
 

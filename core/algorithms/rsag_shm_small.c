@@ -933,6 +933,35 @@ static mox_status_t room(struct mox_req *req, const mox__shm_node_t *n,
                      cap);
 }
 
+/* Rank r (`who`) stored its failure of this op in its `failed` flag. */
+static mox_status_t failed_at(struct mox_req *req, const mox__shm_node_t *n,
+                              const mox__coll_slot_t *o, int r,
+                              const char *who)
+{
+    mox_status_t code = (mox_status_t)(int64_t)atomic_load_explicit(
+        o->failed_code, memory_order_relaxed);
+    if (code == MOX_ERR_MISMATCH)
+        return mox__fail(req->comm, code, "%s: rank %d, %s, gave up at "
+                         "sequence %llu: ranks disagree on counts, dtype, op "
+                         "or block size (its error names them)", n->what, r,
+                         who, (unsigned long long)n->h->seq);
+    return mox__fail(req->comm, code < 0 ? code : MOX_ERR_PEER, "%s: rank "
+                     "%d, %s, failed at sequence %llu: %s", n->what, r, who,
+                     (unsigned long long)n->h->seq, mox_strerror(code));
+}
+
+/* MOX_TEST_NODE_FAIL=R (tests only): rank R, not a leader, fails its
+ * leader-mode ops before it writes its input. Read once per process. */
+static int test_node_fail_rank(void)
+{
+    static int rank = -2;
+    if (rank == -2) {
+        const char *v = getenv("MOX_TEST_NODE_FAIL");
+        rank = v ? atoi(v) : -1;
+    }
+    return rank;
+}
+
 mox_status_t mox__shm_node_put(struct mox_req *req, mox__shm_node_t *n,
                                const void *data, size_t bytes)
 {
@@ -940,6 +969,10 @@ mox_status_t mox__shm_node_put(struct mox_req *req, mox__shm_node_t *n,
     mox_status_t st;
     if (n->state != NODE_START)
         return MOX_OK;
+    if (test_node_fail_rank() == c->rank)
+        return mox__fail(c, MOX_ERR_PEER, "%s: MOX_TEST_NODE_FAIL: rank %d "
+                         "fails before it writes its input", n->what,
+                         c->rank);
     if ((st = wait_prev(req, n)) != MOX_OK ||
         (st = wait_read(req, n, n->reuse0)) != MOX_OK ||
         (st = room(req, n, bytes)) != MOX_OK)
@@ -968,10 +1001,15 @@ mox_status_t mox__shm_node_gather(struct mox_req *req, mox__shm_node_t *n,
         n->state = NODE_IN;
         n->next = 1;
     }
-    for (; n->next < n->L; n->next++)
-        if (atomic_load_explicit(n->cs[n->next]->written,
-                                 memory_order_acquire) < n->k0)
-            return wait_for(req, &n->wt, local_rank_of(c, n->next));
+    for (; n->next < n->L; n->next++) {
+        const mox__coll_slot_t *o = n->cs[n->next];
+        if (atomic_load_explicit(o->written, memory_order_acquire) >= n->k0)
+            continue;
+        if (atomic_load_explicit(o->failed, memory_order_acquire) >= n->k0)
+            return failed_at(req, n, o, local_rank_of(c, n->next),
+                             "a rank of this node");
+        return wait_for(req, &n->wt, local_rank_of(c, n->next));
+    }
     n->next = 0;
     n->wt.waiting = -1;
     for (int l = 1; l < n->L; l++) {
@@ -1033,20 +1071,8 @@ mox_status_t mox__shm_node_fetch(struct mox_req *req, mox__shm_node_t *n,
         *data = slot + MOX_COLL_HDR_BYTES;
         return MOX_OK;
     }
-    if (atomic_load_explicit(ld->failed, memory_order_acquire) >= n->k0 + 1) {
-        mox_status_t code = (mox_status_t)(int64_t)atomic_load_explicit(
-            ld->failed_code, memory_order_relaxed);
-        if (code == MOX_ERR_MISMATCH)
-            return mox__fail(c, code, "%s: rank %d, this node's leader, gave "
-                             "up at sequence %llu: ranks disagree on counts, "
-                             "dtype, op or block size (its error names them)",
-                             n->what, n->leader,
-                             (unsigned long long)n->h->seq);
-        return mox__fail(c, code < 0 ? code : MOX_ERR_PEER, "%s: rank %d, "
-                         "this node's leader, failed at sequence %llu: %s",
-                         n->what, n->leader, (unsigned long long)n->h->seq,
-                         mox_strerror(code));
-    }
+    if (atomic_load_explicit(ld->failed, memory_order_acquire) >= n->k0 + 1)
+        return failed_at(req, n, ld, n->leader, "this node's leader");
     /* All this rank waits for: mox_wait may sleep until the leader rings. */
     req->doze_bell = ld->bell;
     req->doze_sleepers = ld->sleepers;
@@ -1063,23 +1089,24 @@ void mox__shm_node_end(struct mox_req *req, mox__shm_node_t *n,
 {
     if (!n->cs)
         return;
-    if (n->state != NODE_DONE) {
-        if (n->me == 0) {
-            atomic_store_explicit(n->cs[0]->failed_code,
-                                  (uint64_t)(int64_t)(st == MOX_OK
-                                                          ? MOX_ERR_PEER
-                                                          : st),
-                                  memory_order_relaxed);
-            atomic_store_explicit(n->cs[0]->failed, n->k0 + 1,
-                                  memory_order_release);
-            mox__bell_ring(n->cs[0]->bell, n->cs[0]->sleepers);
-        } else if (n->state == NODE_START) {
-            /* Round 0 never written: it counts as written and read. */
-            atomic_store_explicit(n->cs[n->me]->written, n->k0,
-                                  memory_order_release);
-        }
-        node_finish(req, n);
+    /* A leader that did not publish, or another rank that did not write
+     * round 0, says so in its `failed` flag (the leader with round 1's
+     * value, which its ranks wait for; the others with round 0's, which
+     * the leader waits for), so that those waiting for it fail now,
+     * with its status. */
+    const mox__coll_slot_t *me = n->cs[n->me];
+    if (n->state != NODE_DONE && (n->me == 0 || n->state == NODE_START)) {
+        atomic_store_explicit(me->failed_code,
+                              (uint64_t)(int64_t)(st == MOX_OK ? MOX_ERR_PEER
+                                                               : st),
+                              memory_order_relaxed);
+        atomic_store_explicit(me->failed, n->k0 + (n->me == 0),
+                              memory_order_release);
+        if (n->me == 0)
+            mox__bell_ring(me->bell, me->sleepers);
     }
+    if (n->state != NODE_DONE)
+        node_finish(req, n);
     free(n->cs);
     n->cs = NULL;
 }

@@ -14,12 +14,15 @@
  *                                 sends: V reports MOX_ERR_MISMATCH
  *  --mode zero-recv --victim V --from F
  *                                 V expects nothing from F, F sends data
+ *  --mode fails                   one collective that every rank expects
+ *                                 to fail (a MOX_TEST_* hook makes it):
+ *                                 each rank prints its error
  *  --mode bad-args                invalid arguments get named errors and
  *                                 leave the communicator usable
  *  --mode create-fails            mox_comm_create must fail (a bad MOX_*
  *                                 value in the environment): each rank
  *                                 prints the error and exits 0
- *  --coll a2a|rs|ag               the collective of early-exit and stall:
+ *  --coll a2a|rs|ag               the collective of early-exit, stall, fails:
  *                                 alltoallv (default), reduce-scatter or
  *                                 allgather of 100 f32 per rank
  */
@@ -173,6 +176,10 @@ int main(int argc, char **argv)
         /* A rank that timed out leaves; its neighbours may then see it gone
          * (MOX_ERR_PEER) before their own timeout: both are clear. */
         rc = st != MOX_ERR_TIMEOUT && st != MOX_ERR_PEER;
+    } else if (strcmp(mode, "fails") == 0) {
+        st = exchange(comm, -1, 0, -1);
+        report(comm, "collective that must fail", st);
+        rc = st == MOX_OK;
     } else if (strcmp(mode, "mismatch") == 0 ||
                strcmp(mode, "zero-recv") == 0) {
         st = exchange(comm, victim, from, mode[0] == 'm' ? 101 : 0);
