@@ -98,7 +98,7 @@ typedef enum {
     X(moe_combine_wire, "MOX_MOE_COMBINE_WIRE", MOX_CFG_ENUM, "f32",           \
       "f32|bf16", 0, 0,                                                        \
       "MoE combine wire format when the handle's config says DEFAULT")         \
-    X(moe_chunk_bytes, "MOX_MOE_CHUNK_SIZE", MOX_CFG_SIZE, "1M", NULL, 1,     \
+    X(moe_chunk_bytes, "MOX_MOE_CHUNK_SIZE", MOX_CFG_SIZE, "128k", NULL, 1,   \
       (int64_t)1 << 40,                                                        \
       "MoE dispatch: a message that crosses the network goes in chunks of "   \
       "about this many bytes (at most 8), so that its forwarding inside "     \
