@@ -44,6 +44,21 @@ void mox__grid_build_column(const mox__comm_t *c, mox__grid_t *g)
     g->col = 0;
 }
 
+void mox__grid_build_leaders(const mox__comm_t *c, const uint64_t *counts,
+                             mox__grid_t *g, uint64_t *unit)
+{
+    g->N = c->topo.num_nodes;
+    g->L = 1;
+    g->row = c->node;
+    g->col = 0;
+    for (int n = 0; n < g->N; n++) {
+        int lead = mox__topo_rank_at(&c->topo, n, 0);
+        g->rank[n] = lead;
+        for (int l = 0; l < mox__topo_local_size(&c->topo, n); l++)
+            unit[lead] += counts[mox__topo_rank_at(&c->topo, n, l)];
+    }
+}
+
 void mox__rows_build(const mox__comm_t *c, int hier, mox__rows_t *g)
 {
     g->N = hier ? c->topo.num_nodes : 1;

@@ -34,6 +34,11 @@ void mox__grid_build(const mox__comm_t *c, int hier, mox__grid_t *g);
 /* Fill g as one column of all ranks (N = size, L = 1, rank order): the
  * grid of the latency algorithms on one node or on nodes of unequal size. */
 void mox__grid_build_column(const mox__comm_t *c, mox__grid_t *g);
+/* Fill g as one column of the nodes' leaders (local rank 0; leader mode,
+ * see mox__shm_node_t) and add to unit[leader of n] (zeroed by the
+ * caller) the counts of node n's ranks. */
+void mox__grid_build_leaders(const mox__comm_t *c, const uint64_t *counts,
+                             mox__grid_t *g, uint64_t *unit);
 
 /*
  * Rows of possibly different lengths, for the pipelined algorithms: nodes

@@ -518,22 +518,6 @@ static size_t layout(rd_t *s, char *base)
     return off;
 }
 
-/* Leader mode: the grid is one column of the nodes' leaders, and a
- * leader's unit is its node's total. */
-static void leader_grid(mox__comm_t *c, rd_t *s)
-{
-    s->g.N = c->topo.num_nodes;
-    s->g.L = 1;
-    s->g.row = c->node;
-    s->g.col = 0;
-    for (int n = 0; n < s->g.N; n++) {
-        int lead = mox__topo_rank_at(&c->topo, n, 0);
-        s->g.rank[n] = lead;
-        for (int l = 0; l < c->local_size; l++)
-            s->unit[lead] += s->count[mox__topo_rank_at(&c->topo, n, l)];
-    }
-}
-
 mox_status_t mox__allgather_rdoubling(struct mox_req *req,
                                       const mox__ag_args_t *a)
 {
@@ -582,7 +566,7 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
                                              &s->hdr, s->hdr_out);
         if (st != MOX_OK)
             return st;
-        leader_grid(c, s);
+        mox__grid_build_leaders(c, s->count, &s->g, s->unit);
     } else {
         memcpy(s->unit, s->count, (size_t)P * sizeof *s->unit);
         if (a->hier)

@@ -475,24 +475,6 @@ static size_t layout(rh_t *s, char *base)
     return off;
 }
 
-/* Leader mode: the grid is one column of the nodes' leaders, and a
- * leader's unit is its node's total. */
-static void leader_grid(mox__comm_t *c, rh_t *s)
-{
-    s->g.N = c->topo.num_nodes;
-    s->g.L = 1;
-    s->g.row = c->node;
-    s->g.col = 0;
-    for (int n = 0; n < s->g.N; n++) {
-        int lead = mox__topo_rank_at(&c->topo, n, 0);
-        s->g.rank[n] = lead;
-        for (int l = 0; l < c->local_size; l++)
-            s->unit[lead] += s->count[mox__topo_rank_at(&c->topo, n, l)];
-    }
-    for (int l = 0; l < c->local_rank; l++)
-        s->node_off += s->count[mox__topo_rank_at(&c->topo, c->node, l)];
-}
-
 mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
                                           const mox__rs_args_t *a)
 {
@@ -540,7 +522,11 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
                                              &s->hdr, s->hdr_out);
         if (st != MOX_OK)
             return st;
-        leader_grid(c, s);
+        /* A leader's unit is its node's total; my slice is node_off
+         * into it. */
+        mox__grid_build_leaders(c, s->count, &s->g, s->unit);
+        for (int l = 0; l < c->local_rank; l++)
+            s->node_off += s->count[mox__topo_rank_at(&c->topo, c->node, l)];
         if (s->leader == 2) { /* no messages: the shm area only */
             req->progress = member_progress;
             return MOX_OK;
