@@ -4,10 +4,12 @@
  * instead of messages: every rank writes its input once into a slot of
  * its own, publishes it with one flag, and reads what it needs straight
  * from the others' slots. No message, no ring, no allocation beyond the
- * request; the steady state has one synchronisation per operation.
+ * request; the steady state has one synchronisation per operation. The
+ * same area serves leader mode of rhalving and rdoubling on several nodes
+ * (mox__shm_node_*, at the end of this file).
  *
- * Each local rank owns two flags and MOX_COLL_SLOTS (2) slots; only the
- * owner writes them. Small op number i (counted on the communicator, the
+ * Each local rank owns its flags (written, read; failed, for leader mode)
+ * and MOX_COLL_SLOTS (2) slots; only the owner writes them. Small op number i (counted on the communicator, the
  * same on every rank) with sequence number seq uses slot b = i % 2 and
  * the flag value k = (seq + 1) << ROUND_BITS (64 bits, never wraps).
  * An allgather whose blocks do not fit a slot runs in rounds: round j
@@ -851,9 +853,13 @@ mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
  * rounds numbered like every other small op's. Round 0's flag value k0
  * is each rank's `written` (the others; the leader writes nothing) and,
  * once its data is out or read, its `read`; round 1's, k0 + 1, is the
- * leader's `written` once its result is in its slot, or its `failed`. The
- * leader's `written` cannot pass k0 + 1 before every rank of the node has
- * read round 1: its next round-1 write waits for their `read`. */
+ * leader's `written` once its result is in its slot. A leader that gives
+ * up stores k0 + 1 in its `failed`, another rank that gives up before
+ * round 0 stores k0 in its own. The leader's `written` cannot pass k0 + 1
+ * before every rank of the node has read round 1: its next round-1 write
+ * waits for their `read`. The others sleep on the leader's bell while
+ * they wait for round 1 (mox_wait's doze); it rings when it publishes or
+ * gives up. */
 
 enum { NODE_START, NODE_IN, NODE_OUT, NODE_DONE };
 
