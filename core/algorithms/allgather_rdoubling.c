@@ -187,10 +187,23 @@ static mox_status_t post_step(mox__comm_t *c, struct mox_req *req, rd_t *s,
     uint64_t mine[2], theirs[2];
     int p;
     step_ranges(s, i, mine, theirs, &p);
-    return send_packed(c, s, col_peer(s, p),
-                       mox__tag(req->seq, STEP_DOUBLE + i),
-                       s->tx + s->tx_off[i], s->col + HDR + mine[0] * s->esz,
-                       (mine[1] - mine[0]) * s->esz, &s->step_send[i]);
+    mox_status_t st = send_packed(c, s, col_peer(s, p),
+                                  mox__tag(req->seq, STEP_DOUBLE + i),
+                                  s->tx + s->tx_off[i],
+                                  s->col + HDR + mine[0] * s->esz,
+                                  (mine[1] - mine[0]) * s->esz,
+                                  &s->step_send[i]);
+    /* The partner is gone: when its message of this step is here and is
+     * an abort header (it gave up on a mismatch and left), that is the
+     * reason to report, not its absence. */
+    mox__treq_t *q = &s->step_recv[i];
+    if (st == MOX_ERR_PEER && q->done) {
+        mox_status_t why = check_msg(c, s, q, s->rx + s->rx_off[i],
+                                     (theirs[1] - theirs[0]) * s->esz);
+        if (why == MOX_ERR_MISMATCH || why == MOX_ERR_PROTOCOL)
+            return why;
+    }
+    return st;
 }
 
 /* Blocks of column l, packed in column order at `from`, into the output
@@ -352,6 +365,10 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                                        rd_t *s, mox_status_t err)
 {
     if (s->err == MOX_OK) {
+        /* An abort that cannot go out (that peer is gone too) must not
+         * replace the error that names the mismatch. */
+        char why[sizeof c->last_error];
+        memcpy(why, c->last_error, sizeof why);
         s->err = err;
         mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
         for (int i = 0; i < s->nsteps; i++) {
@@ -370,6 +387,7 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                              mox__tag(req->seq,
                                       extra ? STEP_FOLD : STEP_UNFOLD),
                              s->hdr_abort, HDR, s->fold_send);
+        memcpy(c->last_error, why, sizeof why);
     }
     if (!all_done(s->step_send, (size_t)s->nsteps) ||
         !all_done(s->fold_send, 1))

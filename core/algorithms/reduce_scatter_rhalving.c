@@ -216,10 +216,21 @@ static mox_status_t post_step(mox__comm_t *c, struct mox_req *req, rh_t *s,
 {
     int ka, kb, ga, gb, p;
     step_halves(s, i, &ka, &kb, &ga, &gb, &p);
-    (void)ka;
-    (void)kb;
-    return send_acc(c, s, p, mox__tag(req->seq, STEP_HALVE + i),
-                    vbegin(s, ga), vbegin(s, gb), i, &s->step_send[i]);
+    mox_status_t st = send_acc(c, s, p, mox__tag(req->seq, STEP_HALVE + i),
+                               vbegin(s, ga), vbegin(s, gb), i,
+                               &s->step_send[i]);
+    /* The partner is gone: when its message of this step is here and is
+     * an abort header (it gave up on a mismatch and left), that is the
+     * reason to report, not its absence. */
+    mox__treq_t *q = &s->step_recv[i];
+    if (st == MOX_ERR_PEER && q->done) {
+        mox_status_t why = check_msg(c, s, q, s->rx_step + s->rx_step_off[i],
+                                     (vbegin(s, kb) - vbegin(s, ka)) *
+                                         s->asz);
+        if (why == MOX_ERR_MISMATCH || why == MOX_ERR_PROTOCOL)
+            return why;
+    }
+    return st;
 }
 
 static mox_status_t step(struct mox_req *req)
@@ -332,6 +343,10 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                                        rh_t *s, mox_status_t err)
 {
     if (s->err == MOX_OK) {
+        /* An abort that cannot go out (that peer is gone too) must not
+         * replace the error that names the mismatch. */
+        char why[sizeof c->last_error];
+        memcpy(why, c->last_error, sizeof why);
         s->err = err;
         mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
         int extra = s->g.row >= s->N2;
@@ -351,6 +366,7 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                 mox__tag(req->seq, extra ? STEP_FOLD : STEP_UNFOLD),
                 s->hdr_abort, NULL, 0, s->hiov[s->nsteps + 1],
                 &s->stage[s->nsteps + 1], s->fold_send);
+        memcpy(c->last_error, why, sizeof why);
     }
     if (!all_done(s->step_send, (size_t)s->nsteps) || !all_done(s->fold_send, 1))
         return MOX_IN_PROGRESS;
