@@ -135,6 +135,40 @@ void mox__rsag_hdr_encode_abort(const mox__rsag_hdr_t *h, void *buf)
     mox__rsag_hdr_encode(&a, buf);
 }
 
+void mox__rsag_hdr_make(mox__rsag_hdr_t *h, void *out, uint32_t kind,
+                        uint64_t seq, int dtype, int op, uint64_t block,
+                        const uint64_t *counts, int P, int me)
+{
+    uint64_t total = 0;
+    for (int r = 0; r < P; r++)
+        total += counts[r];
+    *h = (mox__rsag_hdr_t){kind, seq,
+                           mox__rsag_hash(kind, dtype, op, block, counts, P),
+                           total, counts[me]};
+    mox__rsag_hdr_encode(h, out);
+}
+
+void mox__rsag_send_abort(mox__comm_t *c, int peer, uint64_t tag,
+                          const void *abort, mox__treq_t *r)
+{
+    if (r->posted)
+        return;
+    char why[sizeof c->last_error];
+    memcpy(why, c->last_error, sizeof why);
+    (void)mox__isend(c, peer, tag, abort, MOX_RSAG_HDR_BYTES, r);
+    memcpy(c->last_error, why, sizeof why);
+}
+
+mox_status_t mox__rsag_gone(mox__comm_t *c, const char *what,
+                            mox_status_t st, const mox__treq_t *r,
+                            const void *buf, const mox__rsag_hdr_t *mine)
+{
+    if (st != MOX_ERR_PEER || !r->done || r->status != MOX_OK ||
+        !mox__rsag_is_abort(buf, r->bytes, mine))
+        return st;
+    return mox__rsag_hdr_check(c, what, r->peer, buf, r->bytes, mine);
+}
+
 int mox__rsag_is_abort(const void *buf, size_t len,
                        const mox__rsag_hdr_t *mine)
 {

@@ -184,6 +184,12 @@ typedef struct {
 
 uint64_t mox__rsag_hash(uint32_t kind, int dtype, int op, uint64_t block,
                         const uint64_t *counts, int P);
+/* This rank's header (kind, sequence, the hash of what must agree, the
+ * total of counts[P] and its own counts[me]) into *h, encoded into out
+ * (MOX_RSAG_HDR_BYTES). */
+void mox__rsag_hdr_make(mox__rsag_hdr_t *h, void *out, uint32_t kind,
+                        uint64_t seq, int dtype, int op, uint64_t block,
+                        const uint64_t *counts, int P, int me);
 void mox__rsag_hdr_encode(const mox__rsag_hdr_t *h, void *buf);
 /* The same header with kind MOX_RSAG_KIND_ABORT. */
 void mox__rsag_hdr_encode_abort(const mox__rsag_hdr_t *h, void *buf);
@@ -198,6 +204,20 @@ int mox__rsag_is_abort(const void *buf, size_t len,
 mox_status_t mox__rsag_hdr_check(mox__comm_t *c, const char *what, int peer,
                                  const void *buf, size_t len,
                                  const mox__rsag_hdr_t *mine);
+/* After a header did not match: send `abort` (the encoded abort header)
+ * alone to `peer` on r, unless r was posted already. An abort that cannot
+ * go out (that peer is gone too) leaves the communicator's error, which
+ * names the mismatch, as it was. */
+void mox__rsag_send_abort(mox__comm_t *c, int peer, uint64_t tag,
+                          const void *abort, mox__treq_t *r);
+/* A send to a partner failed with `st`: when r, the partner's message of
+ * the same step (received at buf), is here and is an abort header (the
+ * partner gave up on a mismatch and left), that mismatch is the error to
+ * report (MOX_ERR_MISMATCH naming the partner), not its absence; else
+ * `st`. */
+mox_status_t mox__rsag_gone(mox__comm_t *c, const char *what,
+                            mox_status_t st, const mox__treq_t *r,
+                            const void *buf, const mox__rsag_hdr_t *mine);
 
 /*
  * The header rides in front of the first message each rank sends each grid

@@ -751,14 +751,8 @@ mox_status_t mox__allgather_hier(struct mox_req *req,
     s->col_send = s->col_recv + s->n_col_recv;
     s->row_send = s->col_send + s->n_col_send;
     s->row_recv = s->row_send + s->n_row_send;
-    uint64_t total = 0;
-    for (int r = 0; r < P; r++)
-        total += s->count[r];
-    s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_AG, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, s->count, P), total,
-        s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    mox__rsag_hdr_make(&s->hdr, s->hdr_out, MOX_RSAG_KIND_AG, req->seq,
+                       a->dtype, 0, 0, s->count, P, s->me);
     /* My own block into place (not in place: src is elsewhere). */
     char *mine = s->out + s->displ[s->me] * s->esz;
     if (mine != s->src && s->count[s->me])

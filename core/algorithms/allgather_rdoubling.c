@@ -193,17 +193,8 @@ static mox_status_t post_step(mox__comm_t *c, struct mox_req *req, rd_t *s,
                                   s->col + HDR + mine[0] * s->esz,
                                   (mine[1] - mine[0]) * s->esz,
                                   &s->step_send[i]);
-    /* The partner is gone: when its message of this step is here and is
-     * an abort header (it gave up on a mismatch and left), that is the
-     * reason to report, not its absence. */
-    mox__treq_t *q = &s->step_recv[i];
-    if (st == MOX_ERR_PEER && q->done) {
-        mox_status_t why = check_msg(c, s, q, s->rx + s->rx_off[i],
-                                     (theirs[1] - theirs[0]) * s->esz);
-        if (why == MOX_ERR_MISMATCH || why == MOX_ERR_PROTOCOL)
-            return why;
-    }
-    return st;
+    return mox__rsag_gone(c, "allgather", st, &s->step_recv[i],
+                          s->rx + s->rx_off[i], &s->hdr);
 }
 
 /* Blocks of column l, packed in column order at `from`, into the output
@@ -365,29 +356,23 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                                        rd_t *s, mox_status_t err)
 {
     if (s->err == MOX_OK) {
-        /* An abort that cannot go out (that peer is gone too) must not
-         * replace the error that names the mismatch. */
-        char why[sizeof c->last_error];
-        memcpy(why, c->last_error, sizeof why);
         s->err = err;
         mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
         for (int i = 0; i < s->nsteps; i++) {
             uint64_t mine[2], theirs[2];
             int p;
             step_ranges(s, i, mine, theirs, &p);
-            if (!s->step_send[i].posted)
-                (void)mox__isend(c, col_peer(s, p),
+            mox__rsag_send_abort(c, col_peer(s, p),
                                  mox__tag(req->seq, STEP_DOUBLE + i),
-                                 s->hdr_abort, HDR, &s->step_send[i]);
+                                 s->hdr_abort, &s->step_send[i]);
         }
         int v = s->g.row, extra = v >= s->N2;
         int to = extra ? v - s->N2 : v + s->N2;
-        if (!s->fold_send->posted && (extra || to < s->g.N))
-            (void)mox__isend(c, col_peer(s, to),
-                             mox__tag(req->seq,
-                                      extra ? STEP_FOLD : STEP_UNFOLD),
-                             s->hdr_abort, HDR, s->fold_send);
-        memcpy(c->last_error, why, sizeof why);
+        if (extra || to < s->g.N)
+            mox__rsag_send_abort(c, col_peer(s, to),
+                                 mox__tag(req->seq,
+                                          extra ? STEP_FOLD : STEP_UNFOLD),
+                                 s->hdr_abort, s->fold_send);
     }
     if (!all_done(s->step_send, (size_t)s->nsteps) ||
         !all_done(s->fold_send, 1))
@@ -565,14 +550,8 @@ mox_status_t mox__allgather_rdoubling(struct mox_req *req,
     s->out = a->out;
     memcpy(s->count, a->counts, (size_t)P * sizeof(uint64_t));
     memcpy(s->displ, a->displs, (size_t)P * sizeof(uint64_t));
-    uint64_t total = 0;
-    for (int r = 0; r < P; r++)
-        total += s->count[r];
-    s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_AG, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, s->count, P), total,
-        s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    mox__rsag_hdr_make(&s->hdr, s->hdr_out, MOX_RSAG_KIND_AG, req->seq,
+                       a->dtype, 0, 0, s->count, P, s->me);
     /* My block into place in the output (unless in place). */
     size_t mine = s->count[s->me] * s->esz;
     char *at = s->out + s->displ[s->me] * s->esz;

@@ -1111,12 +1111,9 @@ mox_status_t mox__reduce_scatter_hier(struct mox_req *req,
     s->row_send = s->row_recv + (size_t)(s->g.L - 1) * s->nsr;
     s->col_send = s->row_send + s->n_row_send;
     s->col_recv = s->col_send + s->n_col_send;
-    s->hdr = (mox__rsag_hdr_t){
-        s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS, req->seq,
-        mox__rsag_hash(s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS,
-                       a->dtype, a->op, s->be, s->count, P),
-        total, s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    mox__rsag_hdr_make(&s->hdr, s->hdr_out,
+                       s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS,
+                       req->seq, a->dtype, a->op, s->be, s->count, P, s->me);
     req->treqs = s->t;
     req->ntreqs = s->nt;
     req->progress = progress;

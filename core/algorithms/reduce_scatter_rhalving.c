@@ -216,21 +216,13 @@ static mox_status_t post_step(mox__comm_t *c, struct mox_req *req, rh_t *s,
 {
     int ka, kb, ga, gb, p;
     step_halves(s, i, &ka, &kb, &ga, &gb, &p);
+    (void)ka;
+    (void)kb;
     mox_status_t st = send_acc(c, s, p, mox__tag(req->seq, STEP_HALVE + i),
                                vbegin(s, ga), vbegin(s, gb), i,
                                &s->step_send[i]);
-    /* The partner is gone: when its message of this step is here and is
-     * an abort header (it gave up on a mismatch and left), that is the
-     * reason to report, not its absence. */
-    mox__treq_t *q = &s->step_recv[i];
-    if (st == MOX_ERR_PEER && q->done) {
-        mox_status_t why = check_msg(c, s, q, s->rx_step + s->rx_step_off[i],
-                                     (vbegin(s, kb) - vbegin(s, ka)) *
-                                         s->asz);
-        if (why == MOX_ERR_MISMATCH || why == MOX_ERR_PROTOCOL)
-            return why;
-    }
-    return st;
+    return mox__rsag_gone(c, "reduce_scatter", st, &s->step_recv[i],
+                          s->rx_step + s->rx_step_off[i], &s->hdr);
 }
 
 static mox_status_t step(struct mox_req *req)
@@ -343,30 +335,22 @@ static mox_status_t fail_after_headers(mox__comm_t *c, struct mox_req *req,
                                        rh_t *s, mox_status_t err)
 {
     if (s->err == MOX_OK) {
-        /* An abort that cannot go out (that peer is gone too) must not
-         * replace the error that names the mismatch. */
-        char why[sizeof c->last_error];
-        memcpy(why, c->last_error, sizeof why);
         s->err = err;
         mox__rsag_hdr_encode_abort(&s->hdr, s->hdr_abort);
         int extra = s->g.row >= s->N2;
         for (int i = 0; i < s->nsteps; i++) {
             int ka, kb, ga, gb, p;
             step_halves(s, i, &ka, &kb, &ga, &gb, &p);
-            if (!s->step_send[i].posted)
-                (void)mox__rsag_isend_hdr(
-                    c, col_peer(s, p), mox__tag(req->seq, STEP_HALVE + i),
-                    s->hdr_abort, NULL, 0, s->hiov[i], &s->stage[i],
-                    &s->step_send[i]);
+            mox__rsag_send_abort(c, col_peer(s, p),
+                                 mox__tag(req->seq, STEP_HALVE + i),
+                                 s->hdr_abort, &s->step_send[i]);
         }
         int to = extra ? s->g.row - s->N2 : s->g.row + s->N2;
-        if (!s->fold_send->posted && (extra || to < s->g.N))
-            (void)mox__rsag_isend_hdr(
-                c, col_peer(s, to),
-                mox__tag(req->seq, extra ? STEP_FOLD : STEP_UNFOLD),
-                s->hdr_abort, NULL, 0, s->hiov[s->nsteps + 1],
-                &s->stage[s->nsteps + 1], s->fold_send);
-        memcpy(c->last_error, why, sizeof why);
+        if (extra || to < s->g.N)
+            mox__rsag_send_abort(c, col_peer(s, to),
+                                 mox__tag(req->seq,
+                                          extra ? STEP_FOLD : STEP_UNFOLD),
+                                 s->hdr_abort, s->fold_send);
     }
     if (!all_done(s->step_send, (size_t)s->nsteps) || !all_done(s->fold_send, 1))
         return MOX_IN_PROGRESS;
@@ -527,11 +511,8 @@ mox_status_t mox__reduce_scatter_rhalving(struct mox_req *req,
         s->displ[r] = s->total;
         s->total += a->counts[r];
     }
-    s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_RS, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_RS, a->dtype, a->op, 0, s->count, P),
-        s->total, s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    mox__rsag_hdr_make(&s->hdr, s->hdr_out, MOX_RSAG_KIND_RS, req->seq,
+                       a->dtype, a->op, 0, s->count, P, s->me);
     if (a->leader) {
         s->leader = c->local_rank == 0 ? 1 : 2;
         mox_status_t st = mox__shm_node_init(req, &s->node, "reduce_scatter",

@@ -395,16 +395,23 @@ static void gather_blocks(const sm_t *s)
     }
 }
 
-/* MOX_TEST_BAD_SLOT=R (tests only): rank R writes wrong prefix counts.
- * Read from the environment once per process, not on every call. */
+/* The rank a MOX_TEST_* hook (tests only) names, or -1; read from the
+ * environment once per process (*cached starts at -2), not on every
+ * call. */
+static int test_rank(const char *var, int *cached)
+{
+    if (*cached == -2) {
+        const char *v = getenv(var);
+        *cached = v ? atoi(v) : -1;
+    }
+    return *cached;
+}
+
+/* MOX_TEST_BAD_SLOT=R: rank R writes wrong prefix counts. */
 static int test_bad_slot_rank(void)
 {
     static int rank = -2;
-    if (rank == -2) {
-        const char *v = getenv("MOX_TEST_BAD_SLOT");
-        rank = v ? atoi(v) : -1;
-    }
-    return rank;
+    return test_rank("MOX_TEST_BAD_SLOT", &rank);
 }
 
 /* Rank r's packed slot is what sparse_block trusts: its size fits the
@@ -764,12 +771,10 @@ mox_status_t mox__reduce_scatter_shm(struct mox_req *req,
     s->bm_bytes = mox__shm_sparse_bitmap_bytes((uint64_t)s->P * w, 1);
     s->src_bytes = (size_t)total * mox__dtype_size(a->dtype);
     s->out = a->out;
-    uint32_t kind = s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS;
-    s->hdr = (mox__rsag_hdr_t){
-        kind, req->seq,
-        mox__rsag_hash(kind, a->dtype, a->op, s->be, a->counts, s->P),
-        total, s->mine};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    mox__rsag_hdr_make(&s->hdr, s->hdr_out,
+                       s->be ? MOX_RSAG_KIND_RS_SPARSE : MOX_RSAG_KIND_RS,
+                       req->seq, a->dtype, a->op, s->be, a->counts, s->P,
+                       s->me);
     if (!s->be)
         return check_room(req, s);
     /* Sparse: my blocks of each round packed, after the bitmap and one
@@ -830,20 +835,15 @@ mox_status_t mox__allgather_shm(struct mox_req *req, const mox__ag_args_t *a)
     if (st != MOX_OK)
         return st;
     s->cap = slot_cap(req->comm);
-    uint64_t total = 0;
     for (int r = 0; r < s->P; r++) {
         s->count[r] = a->counts[r];
         s->displ[r] = a->displs[r];
-        total += a->counts[r];
     }
     s->dt = a->dtype;
     s->src = a->src;
     s->out = a->out;
-    s->hdr = (mox__rsag_hdr_t){
-        MOX_RSAG_KIND_AG, req->seq,
-        mox__rsag_hash(MOX_RSAG_KIND_AG, a->dtype, 0, 0, a->counts, s->P),
-        total, s->count[s->me]};
-    mox__rsag_hdr_encode(&s->hdr, s->hdr_out);
+    mox__rsag_hdr_make(&s->hdr, s->hdr_out, MOX_RSAG_KIND_AG, req->seq,
+                       a->dtype, 0, 0, a->counts, s->P, s->me);
     return MOX_OK; /* in rounds when the blocks do not fit a slot */
 }
 
@@ -956,16 +956,12 @@ static mox_status_t failed_at(struct mox_req *req, const mox__shm_node_t *n,
                      (unsigned long long)n->h->seq, mox_strerror(code));
 }
 
-/* MOX_TEST_NODE_FAIL=R (tests only): rank R, not a leader, fails its
- * leader-mode ops before it writes its input. Read once per process. */
+/* MOX_TEST_NODE_FAIL=R: rank R, not a leader, fails its leader-mode ops
+ * before it writes its input. */
 static int test_node_fail_rank(void)
 {
     static int rank = -2;
-    if (rank == -2) {
-        const char *v = getenv("MOX_TEST_NODE_FAIL");
-        rank = v ? atoi(v) : -1;
-    }
-    return rank;
+    return test_rank("MOX_TEST_NODE_FAIL", &rank);
 }
 
 mox_status_t mox__shm_node_put(struct mox_req *req, mox__shm_node_t *n,
