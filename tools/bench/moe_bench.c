@@ -41,7 +41,7 @@ typedef struct {
     double link_gbit;
     uint64_t seed;
     const char *csv, *impls, *comb_wire;
-    int rbuf;
+    int rbuf, b2b;
 } opts_t;
 
 static opts_t o;
@@ -59,6 +59,7 @@ static void usage(FILE *f)
         "                     [--experts E] [--topk K] [--max-nodes M]\n"
         "                     [--link-gbit G] [--combine-wire bf16|f32]\n"
         "                     [--impls LIST] [--seed S] [--csv FILE]\n"
+        "                     [--recv-buffer] [--back-to-back]\n"
         "  -t, --tokens LIST   tokens per rank, comma separated\n"
         "                      (default 128,512,1024,2048,4096)\n"
         "  -n, --iters LIST    timed iterations per tokens value; the last one\n"
@@ -82,6 +83,12 @@ static void usage(FILE *f)
         "                      its second half, where combine reads the\n"
         "                      rows of ranks of the same node in place\n"
         "      --csv FILE      also write the results as CSV (rank 0)\n"
+        "      --back-to-back  start combine as soon as this rank's dispatch\n"
+        "                      returned, not after a barrier (its time then\n"
+        "                      includes waiting for the slower ranks'\n"
+        "                      dispatch)\n"
+        "Every iteration: barrier, dispatch, barrier, combine; each op is\n"
+        "timed on every rank from the barrier before it to its own return.\n"
         "Columns: dispatch/combine = slowest rank's mean time; GB/s = bf16 token\n"
         "bytes delivered per rank / dispatch time; inter B/rank = bytes a rank\n"
         "sent to other nodes per dispatch (mox: mox_comm_stats, MPI: from the\n"
@@ -121,7 +128,7 @@ static int parse(int argc, char **argv)
         {"hidden", 1, 0, 'H'}, {"experts", 1, 0, 'E'}, {"topk", 1, 0, 'k'},
         {"max-nodes", 1, 0, 'M'}, {"link-gbit", 1, 0, 'L'},
         {"combine-wire", 1, 0, 'C'}, {"impls", 1, 0, 'I'}, {"seed", 1, 0, 's'},
-        {"csv", 1, 0, 'o'}, {"recv-buffer", 0, 0, 'R'}, {"help", 0, 0, 'h'},
+        {"csv", 1, 0, 'o'}, {"recv-buffer", 0, 0, 'R'}, {"back-to-back", 0, 0, 'B'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     o = (opts_t){.hidden = 7168, .experts = 256, .topk = 8, .max_nodes = 4,
                  .warmup = 2, .link_gbit = 1.0, .seed = 1, .csv = NULL,
@@ -161,6 +168,7 @@ static int parse(int argc, char **argv)
         case 'I': o.impls = optarg; break;
         case 's': o.seed = strtoull(optarg, NULL, 0); break;
         case 'R': o.rbuf = 1; break;
+        case 'B': o.b2b = 1; break;
         case 'o': o.csv = optarg; break;
         case 'h': return 1;
         default: return -1;
@@ -493,12 +501,16 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
         if ((st = mox_moe_dispatch(moe, &in, &out)) != MOX_OK)
             die_mox(comm, "dispatch", st);
         double t1 = MPI_Wtime();
+        td += t1 - t0;
         mox_comm_stats(comm, &s1);
+        if (!o.b2b) { /* combine starts together */
+            MPI_Barrier(MPI_COMM_WORLD);
+            t1 = MPI_Wtime();
+        }
         if ((st = mox_moe_combine(moe, y, comb_out)) != MOX_OK)
             die_mox(comm, "combine", st);
         double t2 = MPI_Wtime();
         mox_comm_stats(comm, &s2);
-        td += t1 - t0;
         tc += t2 - t1;
         bi += (double)(s1.bytes_inter - s0.bytes_inter);
         bc += (double)(s2.bytes_inter - s1.bytes_inter);
@@ -671,9 +683,13 @@ static void run_mpi(int iters, const expect_t *ex, result_t *res)
         double t0 = MPI_Wtime();
         mpi_dispatch(&m);
         double t1 = MPI_Wtime();
+        td += t1 - t0;
+        if (!o.b2b) { /* combine starts together */
+            MPI_Barrier(MPI_COMM_WORLD);
+            t1 = MPI_Wtime();
+        }
         mpi_combine(&m);
         double t2 = MPI_Wtime();
-        td += t1 - t0;
         tc += t2 - t1;
     }
     double inter = 0, cinter = 0;
@@ -876,8 +892,10 @@ int main(int argc, char **argv)
     if (me == 0) {
         printf("# mox-moe-bench: %d ranks on %d nodes, %d experts, top-%d, "
                "node-limited to %d, hidden %d bf16, combine wire %s, "
-               "%d warmup\n", P, nnodes, o.experts, o.topk, o.max_nodes,
-               o.hidden, o.comb_wire, o.warmup);
+               "%d warmup, %s\n", P, nnodes, o.experts, o.topk, o.max_nodes,
+               o.hidden, o.comb_wire, o.warmup,
+               o.b2b ? "combine back to back after dispatch"
+                     : "a barrier before each op");
         if (nnodes > 1)
             printf("# x bound = dispatch time / link bound at %g Gbit/s\n",
                    o.link_gbit);
