@@ -347,6 +347,107 @@ void mox__accumulate_f32_next(mox_dtype_t from, const void *src, float *dst,
     }
 }
 
+/* Two, three or four rows at a time, added in row order (the bf16 and
+ * f32 forms of the loops above, fused). */
+KERNEL void bf16_acc4_n(const uint16_t *restrict a, const uint16_t *restrict b,
+                        const uint16_t *restrict c2, const uint16_t *restrict e,
+                        float *restrict d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = (((d[i] + bf16_to(a[i])) + bf16_to(b[i])) + bf16_to(c2[i])) +
+               bf16_to(e[i]);
+}
+KERNEL void bf16_acc3_n(const uint16_t *restrict a, const uint16_t *restrict b,
+                        const uint16_t *restrict c2, float *restrict d,
+                        size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = ((d[i] + bf16_to(a[i])) + bf16_to(b[i])) + bf16_to(c2[i]);
+}
+KERNEL void bf16_acc2_n(const uint16_t *restrict a, const uint16_t *restrict b,
+                        float *restrict d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = (d[i] + bf16_to(a[i])) + bf16_to(b[i]);
+}
+KERNEL void f32_acc4_n(const float *restrict a, const float *restrict b,
+                       const float *restrict c2, const float *restrict e,
+                       float *restrict d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = (((d[i] + a[i]) + b[i]) + c2[i]) + e[i];
+}
+KERNEL void f32_acc3_n(const float *restrict a, const float *restrict b,
+                       const float *restrict c2, float *restrict d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = ((d[i] + a[i]) + b[i]) + c2[i];
+}
+KERNEL void f32_acc2_n(const float *restrict a, const float *restrict b,
+                       float *restrict d, size_t n)
+{
+    for (size_t i = 0; i < n; i++)
+        d[i] = (d[i] + a[i]) + b[i];
+}
+
+/* Elements [i, i + m) of k (1-4) rows into d, in row order. */
+KERNEL void acc_group(int f32, const void *const *r, size_t k, float *d,
+                      size_t i, size_t m)
+{
+    if (f32) {
+        const float *a = r[0], *b = k > 1 ? r[1] : NULL,
+                    *c2 = k > 2 ? r[2] : NULL, *e = k > 3 ? r[3] : NULL;
+        switch (k) {
+        case 4: f32_acc4_n(a + i, b + i, c2 + i, e + i, d + i, m); return;
+        case 3: f32_acc3_n(a + i, b + i, c2 + i, d + i, m); return;
+        case 2: f32_acc2_n(a + i, b + i, d + i, m); return;
+        default: f32_acc_n(a + i, d + i, m); return;
+        }
+    }
+    const uint16_t *a = r[0], *b = k > 1 ? r[1] : NULL,
+                   *c2 = k > 2 ? r[2] : NULL, *e = k > 3 ? r[3] : NULL;
+    switch (k) {
+    case 4: bf16_acc4_n(a + i, b + i, c2 + i, e + i, d + i, m); return;
+    case 3: bf16_acc3_n(a + i, b + i, c2 + i, d + i, m); return;
+    case 2: bf16_acc2_n(a + i, b + i, d + i, m); return;
+    default: bf16_acc_n(a + i, d + i, m); return;
+    }
+}
+
+MOX_CLONES static void acc_rows_fused(int f32, const void *const *rows,
+                                      size_t nrows, float *dst, size_t n,
+                                      const char *next, size_t es)
+{
+    for (size_t g = 0; g < nrows; g += 4) {
+        size_t k = nrows - g < 4 ? nrows - g : 4;
+        int last = g + k == nrows;
+        for (size_t i = 0; i < n; i += NEXT_STEP) {
+            size_t m = n - i < NEXT_STEP ? n - i : NEXT_STEP;
+            if (last && next)
+                for (size_t b = 0; b < m * es; b += 64)
+                    __builtin_prefetch(next + i * es + b);
+            size_t j = 0;
+            for (; j + CHUNK <= m; j += CHUNK)
+                acc_group(f32, rows + g, k, dst, i + j, CHUNK);
+            acc_group(f32, rows + g, k, dst, i + j, m - j);
+        }
+    }
+}
+
+void mox__accumulate_rows_f32(mox_dtype_t from, const void *const *rows,
+                              size_t nrows, float *dst, size_t n,
+                              const void *next)
+{
+    if (from != MOX_DTYPE_BF16 && from != MOX_DTYPE_F32) {
+        for (size_t j = 0; j < nrows; j++)
+            mox__accumulate_f32_next(from, rows[j], dst, n,
+                                     j + 1 < nrows ? rows[j + 1] : next);
+        return;
+    }
+    acc_rows_fused(from == MOX_DTYPE_F32, rows, nrows, dst, n, next,
+                   mox__dtype_size(from));
+}
+
 /* ------------------------------------------------------------------ */
 /* fp8 blocks                                                          */
 

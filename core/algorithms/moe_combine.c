@@ -703,9 +703,10 @@ static mox_status_t out_sum(combine_t *s, size_t budget)
                 (size_t)s->oitem[x][cur[x]] == t + 1)
                 after = s->ofrom[x] + cur[x] * rb;
         memset(s->oacc, 0, H * sizeof(float));
-        for (size_t j = 0; j < n; j++)
-            accumulate(m, s->orows[j], s->oacc,
-                       j + 1 < n ? s->orows[j + 1] : after);
+        mox__accumulate_rows_f32(m->comb_elem == 4 ? MOX_DTYPE_F32
+                                                   : MOX_DTYPE_BF16,
+                                 (const void *const *)s->orows, n, s->oacc,
+                                 H, after);
         mox__from_f32(m->cfg.x_dtype, s->oacc, (char *)s->out + t * ob, H);
     }
     return MOX_OK;

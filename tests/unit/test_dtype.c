@@ -804,6 +804,51 @@ static void test_accumulate_next_adds_the_same(void **state)
     accumulate_adds_in_f32(1);
 }
 
+/* mox__accumulate_rows_f32 over 1-9 rows (fused in groups of four for bf16
+ * and f32, one by one for the other types), with and without a row to
+ * prefetch: every element is the sum in row order, rounded to f32 after
+ * each addition, as one mox__accumulate_f32 per row would give. */
+static void test_accumulate_rows_adds_in_row_order(void **state)
+{
+    rng_seed(26);
+    enum { MAXR = 9 };
+    for (size_t k = 0; k < 4; k++)
+        for (size_t j = 0; j < sizeof array_sizes / sizeof array_sizes[0];
+             j++)
+            for (size_t nr = 1; nr <= MAXR; nr++) {
+                mox_dtype_t t = float_types[k];
+                size_t n = array_sizes[j], es = mox__dtype_size(t);
+                unsigned char *src = malloc(MAXR * n * es + 1);
+                const void *rows[MAXR];
+                float *acc = malloc((n + CANARY) * sizeof(float));
+                float *want = malloc((n + 1) * sizeof(float));
+                for (size_t i = 0; i < n; i++)
+                    want[i] = acc[i] = wide_value(20, 20);
+                for (size_t r = 0; r < nr; r++) {
+                    rows[r] = src + r * n * es;
+                    for (size_t i = 0; i < n; i++) {
+                        double v = random_element(t, src + (r * n + i) * es);
+                        want[i] = (float)((double)want[i] + (double)(float)v);
+                    }
+                }
+                for (size_t i = n; i < n + CANARY; i++)
+                    acc[i] = 42.0f;
+                mox__accumulate_rows_f32(t, rows, nr, acc, n,
+                                         nr % 2 ? src : NULL);
+                for (size_t i = 0; i < n; i++) {
+                    if (isnan(want[i]))
+                        assert_true(isnan(acc[i]));
+                    else
+                        assert_true(acc[i] == want[i]);
+                }
+                for (size_t i = n; i < n + CANARY; i++)
+                    assert_true(acc[i] == 42.0f);
+                free(src);
+                free(acc);
+                free(want);
+            }
+}
+
 /* The fp32 accumulation rule: 16-bit inputs summed in f32 and rounded once.
  * Summing 1000 bf16 ones in bf16 would stop at 256 (256 + 1 rounds back to
  * 256); through f32 the result is exactly 1000. */
@@ -849,6 +894,7 @@ int main(void)
         cmocka_unit_test(test_from_f32_matches_reference_for_every_float_type),
         cmocka_unit_test(test_accumulate_adds_in_f32_for_every_float_type),
         cmocka_unit_test(test_accumulate_next_adds_the_same),
+        cmocka_unit_test(test_accumulate_rows_adds_in_row_order),
         cmocka_unit_test(test_accumulate_16bit_in_f32_rounds_once),
     };
     return cmocka_run_group_tests(tests, setup_tables, teardown_tables);
