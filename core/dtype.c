@@ -347,79 +347,79 @@ void mox__accumulate_f32_next(mox_dtype_t from, const void *src, float *dst,
     }
 }
 
-/* Two, three or four rows at a time, added in row order (the bf16 and
- * f32 forms of the loops above, fused). */
-KERNEL void bf16_acc4_n(const uint16_t *restrict a, const uint16_t *restrict b,
-                        const uint16_t *restrict c2, const uint16_t *restrict e,
-                        float *restrict d, size_t n)
+/* Up to ROWS_MAX rows at a time, added in row order: the bf16 and f32
+ * forms of the loops above, fused. `k` is a constant where acc_group
+ * calls them, so the unused rows' terms fold away. */
+#define ROWS_MAX 8
+#define ROW_TERM(j, conv)                                                     \
+    if (k > (j))                                                              \
+        v += conv(r##j[i])
+KERNEL void bf16_accrows_n(const uint16_t *restrict r0,
+                           const uint16_t *restrict r1,
+                           const uint16_t *restrict r2,
+                           const uint16_t *restrict r3,
+                           const uint16_t *restrict r4,
+                           const uint16_t *restrict r5,
+                           const uint16_t *restrict r6,
+                           const uint16_t *restrict r7, float *restrict d,
+                           size_t n, int k)
 {
-    for (size_t i = 0; i < n; i++)
-        d[i] = (((d[i] + bf16_to(a[i])) + bf16_to(b[i])) + bf16_to(c2[i])) +
-               bf16_to(e[i]);
+    for (size_t i = 0; i < n; i++) {
+        float v = d[i] + bf16_to(r0[i]);
+        ROW_TERM(1, bf16_to); ROW_TERM(2, bf16_to); ROW_TERM(3, bf16_to);
+        ROW_TERM(4, bf16_to); ROW_TERM(5, bf16_to); ROW_TERM(6, bf16_to);
+        ROW_TERM(7, bf16_to);
+        d[i] = v;
+    }
 }
-KERNEL void bf16_acc3_n(const uint16_t *restrict a, const uint16_t *restrict b,
-                        const uint16_t *restrict c2, float *restrict d,
-                        size_t n)
+#define F32_ID(x) (x)
+KERNEL void f32_accrows_n(const float *restrict r0, const float *restrict r1,
+                          const float *restrict r2, const float *restrict r3,
+                          const float *restrict r4, const float *restrict r5,
+                          const float *restrict r6, const float *restrict r7,
+                          float *restrict d, size_t n, int k)
 {
-    for (size_t i = 0; i < n; i++)
-        d[i] = ((d[i] + bf16_to(a[i])) + bf16_to(b[i])) + bf16_to(c2[i]);
-}
-KERNEL void bf16_acc2_n(const uint16_t *restrict a, const uint16_t *restrict b,
-                        float *restrict d, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        d[i] = (d[i] + bf16_to(a[i])) + bf16_to(b[i]);
-}
-KERNEL void f32_acc4_n(const float *restrict a, const float *restrict b,
-                       const float *restrict c2, const float *restrict e,
-                       float *restrict d, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        d[i] = (((d[i] + a[i]) + b[i]) + c2[i]) + e[i];
-}
-KERNEL void f32_acc3_n(const float *restrict a, const float *restrict b,
-                       const float *restrict c2, float *restrict d, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        d[i] = ((d[i] + a[i]) + b[i]) + c2[i];
-}
-KERNEL void f32_acc2_n(const float *restrict a, const float *restrict b,
-                       float *restrict d, size_t n)
-{
-    for (size_t i = 0; i < n; i++)
-        d[i] = (d[i] + a[i]) + b[i];
+    for (size_t i = 0; i < n; i++) {
+        float v = d[i] + r0[i];
+        ROW_TERM(1, F32_ID); ROW_TERM(2, F32_ID); ROW_TERM(3, F32_ID);
+        ROW_TERM(4, F32_ID); ROW_TERM(5, F32_ID); ROW_TERM(6, F32_ID);
+        ROW_TERM(7, F32_ID);
+        d[i] = v;
+    }
 }
 
-/* Elements [i, i + m) of k (1-4) rows into d, in row order. */
+/* Elements [i, i + m) of k (1 - ROWS_MAX) rows into d, in row order;
+ * rows past k are not read. */
+#define ACC_ROWS(fn, T, K)                                                    \
+    fn((const T *)r[0] + i, (const T *)r[(K) > 1] + i,                        \
+       (const T *)r[(K) > 2 ? 2 : 0] + i, (const T *)r[(K) > 3 ? 3 : 0] + i,  \
+       (const T *)r[(K) > 4 ? 4 : 0] + i, (const T *)r[(K) > 5 ? 5 : 0] + i,  \
+       (const T *)r[(K) > 6 ? 6 : 0] + i, (const T *)r[(K) > 7 ? 7 : 0] + i,  \
+       d + i, m, (K))
 KERNEL void acc_group(int f32, const void *const *r, size_t k, float *d,
                       size_t i, size_t m)
 {
-    if (f32) {
-        const float *a = r[0], *b = k > 1 ? r[1] : NULL,
-                    *c2 = k > 2 ? r[2] : NULL, *e = k > 3 ? r[3] : NULL;
-        switch (k) {
-        case 4: f32_acc4_n(a + i, b + i, c2 + i, e + i, d + i, m); return;
-        case 3: f32_acc3_n(a + i, b + i, c2 + i, d + i, m); return;
-        case 2: f32_acc2_n(a + i, b + i, d + i, m); return;
-        default: f32_acc_n(a + i, d + i, m); return;
-        }
-    }
-    const uint16_t *a = r[0], *b = k > 1 ? r[1] : NULL,
-                   *c2 = k > 2 ? r[2] : NULL, *e = k > 3 ? r[3] : NULL;
+#define ACC_CASE(K)                                                           \
+    case K:                                                                   \
+        if (f32)                                                              \
+            ACC_ROWS(f32_accrows_n, float, K);                                \
+        else                                                                  \
+            ACC_ROWS(bf16_accrows_n, uint16_t, K);                            \
+        return
     switch (k) {
-    case 4: bf16_acc4_n(a + i, b + i, c2 + i, e + i, d + i, m); return;
-    case 3: bf16_acc3_n(a + i, b + i, c2 + i, d + i, m); return;
-    case 2: bf16_acc2_n(a + i, b + i, d + i, m); return;
-    default: bf16_acc_n(a + i, d + i, m); return;
+    ACC_CASE(1); ACC_CASE(2); ACC_CASE(3); ACC_CASE(4);
+    ACC_CASE(5); ACC_CASE(6); ACC_CASE(7); ACC_CASE(8);
+    default: return;
     }
+#undef ACC_CASE
 }
 
 MOX_CLONES static void acc_rows_fused(int f32, const void *const *rows,
                                       size_t nrows, float *dst, size_t n,
                                       const char *next, size_t es)
 {
-    for (size_t g = 0; g < nrows; g += 4) {
-        size_t k = nrows - g < 4 ? nrows - g : 4;
+    for (size_t g = 0; g < nrows; g += ROWS_MAX) {
+        size_t k = nrows - g < ROWS_MAX ? nrows - g : ROWS_MAX;
         int last = g + k == nrows;
         for (size_t i = 0; i < n; i += NEXT_STEP) {
             size_t m = n - i < NEXT_STEP ? n - i : NEXT_STEP;

@@ -61,7 +61,7 @@ void mox__accumulate_f32_next(mox_dtype_t from, const void *src, float *dst,
  * dst[i] = (((dst[i] + rows[0][i]) + rows[1][i]) + ...) for the nrows rows
  * of type `from`, in order: the same additions and the same result as one
  * mox__accumulate_f32 per row, but for bf16 and f32 rows dst is read and
- * written once per four rows instead of once per row (an f32 row of 7168
+ * written once per eight rows instead of once per row (an f32 row of 7168
  * does not stay in L1 while the rows stream through). `next`, when not
  * NULL, is prefetched as for mox__accumulate_f32_next.
  */

@@ -400,8 +400,8 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
                     s->cur[l] - m->fwd.off[l] >= s->parrived[l])
                     return MOX_OK; /* a row of r is not here yet */
             /* The record's rows in local order: the others' partial rows
-             * (wire format) and mine (x's format), summed four at a time
-             * when the formats agree, else one by one. */
+             * (wire format) and mine (x's format), summed up to eight at
+             * a time when the formats agree, else one by one. */
             size_t nr = 0, own = SIZE_MAX;
             for (size_t l = 0; l < L; l++) {
                 if (s->cur[l] >= s->end[l] || m->fwd_rec[s->cur[l]] != r)
@@ -579,10 +579,11 @@ static mox_status_t check_notes(combine_t *s)
  * in their receive buffers, or written into my area), rows over the
  * network chunk by chunk. Summing everything after the last chunk took
  * 12-36 ms of a 0.5-0.75 s combine on 2 x 4 and 4 x 2 at 1024 tokens.
- * A token's rows are summed four at a time (mox__accumulate_rows_f32:
- * the f32 row is read and written once per four rows; on 1 x 8 that took
- * combine at 1024 tokens from 39-41 to 30-33 ms), and the next token's
- * first row is prefetched while the last group is summed.
+ * A token's rows are summed up to eight at a time
+ * (mox__accumulate_rows_f32: the f32 row is read and written once per
+ * eight rows; on 1 x 8 that took combine at 1024 tokens from 41-43 to
+ * 28-36 ms), and the next token's first row is prefetched while the last
+ * group is summed.
  */
 static mox_status_t out_setup(combine_t *s)
 {
