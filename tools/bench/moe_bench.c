@@ -128,7 +128,8 @@ static int parse(int argc, char **argv)
         {"hidden", 1, 0, 'H'}, {"experts", 1, 0, 'E'}, {"topk", 1, 0, 'k'},
         {"max-nodes", 1, 0, 'M'}, {"link-gbit", 1, 0, 'L'},
         {"combine-wire", 1, 0, 'C'}, {"impls", 1, 0, 'I'}, {"seed", 1, 0, 's'},
-        {"csv", 1, 0, 'o'}, {"recv-buffer", 0, 0, 'R'}, {"back-to-back", 0, 0, 'B'}, {"help", 0, 0, 'h'},
+        {"csv", 1, 0, 'o'}, {"recv-buffer", 0, 0, 'R'},
+        {"back-to-back", 0, 0, 'B'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     o = (opts_t){.hidden = 7168, .experts = 256, .topk = 8, .max_nodes = 4,
                  .warmup = 2, .link_gbit = 1.0, .seed = 1, .csv = NULL,
