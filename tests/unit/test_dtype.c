@@ -804,7 +804,7 @@ static void test_accumulate_next_adds_the_same(void **state)
     accumulate_adds_in_f32(1);
 }
 
-/* mox__accumulate_rows_f32 over 1-9 rows (fused in groups of four for bf16
+/* mox__accumulate_rows_f32 over 1-9 rows (fused in groups of eight for bf16
  * and f32, one by one for the other types), with and without a row to
  * prefetch: every element is the sum in row order, rounded to f32 after
  * each addition, as one mox__accumulate_f32 per row would give. */
