@@ -60,12 +60,17 @@ typedef struct {
      * are in (a prefix), parrived[l] rows. */
     size_t pmax;
     uint64_t *prow, *pn, *pdone, *parrived;
-    /* Forwarder summing, resumed as rows arrive: source sx, its record sr,
-     * chunk sc; cur/end per local rank into fwd_rec; (ox, ok) my own rows. */
-    int sx, ox, summed;
+    /* Forwarder summing, resumed as rows arrive: the si-th source in my
+     * order (sources from my rank on, see sum_ready), its record sr, chunk
+     * sc; cur/end per local rank into fwd_rec; ok my own rows of it. Per
+     * local rank l and source x ([l * P + x]): the first and end index of
+     * x's records in l's part of fwd_rec, and how many of l's partial rows
+     * come before x's (in my order, the order l sends them). */
+    int si, summed;
     uint64_t sr, ok;
     uint32_t sc;
     uint64_t *cur, *end;
+    uint64_t *pstart, *pend, *pbase;
     float *acc;
     const void **srows;           /* [L] a record's rows, in local order */
     /* Rows back between ranks of the node: a rank's receive area is in
@@ -196,9 +201,9 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
     if (!s->recv)
         s->recv = mox__buf_reserve(&m->comb_recv, recv_rows * rb + 8);
     float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
-    size_t L = (size_t)s->L;
+    size_t L = (size_t)s->L, P = (size_t)m->P;
     uint64_t *cur = mox__buf_reserve(&m->comb_accum,
-                                     2 * L * sizeof(uint64_t) +
+                                     (2 * L + 3 * L * P) * sizeof(uint64_t) +
                                          2 * (size_t)m->H * sizeof(float) +
                                          L * sizeof(char *) + 8);
     if (!s->send || !s->recv || !tmp || !cur) {
@@ -209,12 +214,24 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
     }
     s->cur = cur;
     s->end = cur + L;
-    s->srows = (const void **)(void *)(s->end + L);
+    s->pstart = s->end + L;
+    s->pend = s->pstart + L * P;
+    s->pbase = s->pend + L * P;
+    s->srows = (const void **)(void *)(s->pbase + L * P);
     s->acc = (float *)(void *)(s->srows + L);
     s->wtmp = s->acc + m->H;
+    /* Each local rank's records are in record order, so in source order:
+     * find where each source's begin. */
     for (size_t l = 0; l < L && m->forward; l++) {
-        s->cur[l] = m->fwd.off[l];
-        s->end[l] = m->fwd.off[l + 1];
+        uint64_t i = m->fwd.off[l];
+        for (size_t x = 0; x < P; x++) {
+            s->pstart[l * P + x] = i;
+            if (served_remote(m, (int)x))
+                while (i < m->fwd.off[l + 1] &&
+                       m->fwd_rec[i] < m->hopin_first[x + 1])
+                    i++;
+            s->pend[l * P + x] = i;
+        }
     }
     mox_status_t st = MOX_OK;
     uint64_t btag = mox__tag(req->seq, STEP_BACK);
@@ -255,20 +272,19 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
         }
     }
     /* Partial rows from each local rank I forwarded to: for each source I
-     * serve, as many rows as records of it I forwarded to that rank, in
-     * chunks (the rank cuts them the same way from the same count). */
+     * serve, in my order (sum_ready), as many rows as records of it I
+     * forwarded to that rank, in chunks (the rank cuts them the same way
+     * from the same count), each put where it lies in record order. */
     for (int l = 0; l < s->L && st == MOX_OK; l++) {
         if (!m->forward || l == c->local_rank)
             continue;
-        uint64_t at = s->part_off[l], i = m->fwd.off[l];
-        for (int x = 0; x < m->P && st == MOX_OK; x++) {
-            if (!served_remote(m, x))
-                continue;
-            uint64_t f = 0;
-            while (i + f < m->fwd.off[l + 1] &&
-                   m->fwd_rec[i + f] < m->hopin_first[x + 1])
-                f++;
-            i += f;
+        uint64_t base = 0;
+        for (int j = 0; j < m->P && st == MOX_OK; j++) {
+            size_t x = (size_t)((c->rank + j) % m->P), lx = (size_t)l * P + x;
+            uint64_t f = s->pend[lx] - s->pstart[lx];
+            uint64_t at = s->part_off[l] + s->pstart[lx] - m->fwd.off[l];
+            s->pbase[lx] = base;
+            base += f;
             uint32_t nch = mox__moe_chunks(m, f, rb);
             for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
                 uint64_t rows = mox__moe_chunk_lo(f, nch, k + 1) -
@@ -311,16 +327,17 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
                         &s->bsend[(size_t)x * CMAX]);
     }
     /* Partial rows to the rail peer that forwarded each remote source's
-     * tokens to me, source by source, in chunks: straight from expert_out
-     * (a source's rows are contiguous there) in x's own format, else
-     * converted into the send area first. */
+     * tokens to me, source by source in that peer's order (sum_ready), in
+     * chunks: straight from expert_out (a source's rows are contiguous
+     * there) in x's own format, else converted into the send area first. */
     uint64_t pos = part_send_base;
-    for (int x = 0; x < m->P && st == MOX_OK; x++) {
+    for (int i = 0; i < c->local_size * m->P && m->forward && st == MOX_OK;
+         i++) {
+        int h = mox__topo_rank_at(&c->topo, c->node, i / m->P);
+        int x = (h + i % m->P) % m->P;
         uint64_t f = m->final_in[x];
-        if (!m->forward || !remote(m, x) || !f)
-            continue;
-        int h = mox__moe_forwarder_for(m, x);
-        if (h == c->rank)
+        if (h == c->rank || !remote(m, x) || !f ||
+            mox__moe_forwarder_for(m, x) != h)
             continue;
         const char *rows = s->expert_out +
                            m->final_off[x] * (size_t)m->H * m->x_elem;
@@ -375,29 +392,44 @@ static mox_status_t take_partials(combine_t *s)
  * cache-resident f32 row and written to the send area once. A record
  * waits until every one of its rows has arrived; the next call goes on
  * from there.
+ *
+ * Sources go in the order of ranks from mine on (local ranks send me
+ * their partial rows in that order too), so that at the start the
+ * forwarders of each node send to the next node rather than all to the
+ * first: in rank order every forwarder began with rank 0's node, whose
+ * link then carried three nodes' rows while the last node's got none
+ * until the forwarders reached it.
  */
 static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
 {
     struct mox_moe *m = s->m;
     mox__comm_t *c = m->comm;
     size_t H = (size_t)m->H, rb = s->row_bytes, L = (size_t)s->L;
-    size_t me = (size_t)c->local_rank;
+    size_t me = (size_t)c->local_rank, P = (size_t)m->P;
     float *acc = s->acc;
     mox_status_t st = take_partials(s);
     uint64_t btag = mox__tag(req->seq, STEP_BACK);
-    for (; s->sx < m->P && st == MOX_OK; s->sx++, s->sr = 0, s->sc = 0) {
-        int x = s->sx;
+    for (; s->si < m->P && st == MOX_OK; s->si++, s->sr = 0, s->sc = 0) {
+        int x = (c->rank + s->si) % m->P;
         if (!served_remote(m, x) || !m->hop_in[x])
             continue;
         uint64_t n = m->hop_in[x];
         uint32_t nch = mox__moe_chunks(m, n, m->rec_bytes);
         char *dst = s->send + s->send_off[x] * rb;
+        const uint64_t *ps = s->pstart + x, *pb = s->pbase + x;
+        if (s->sr == 0) { /* nothing of x taken yet */
+            for (size_t l = 0; l < L; l++) {
+                s->cur[l] = ps[l * P];
+                s->end[l] = s->pend[l * P + x];
+            }
+            s->ok = 0;
+        }
         for (; s->sr < n; s->sr++) {
             uint64_t r = m->hopin_first[x] + s->sr;
             for (size_t l = 0; l < L; l++)
                 if (l != me && s->cur[l] < s->end[l] &&
                     m->fwd_rec[s->cur[l]] == r &&
-                    s->cur[l] - m->fwd.off[l] >= s->parrived[l])
+                    pb[l * P] + s->cur[l] - ps[l * P] >= s->parrived[l])
                     return MOX_OK; /* a row of r is not here yet */
             /* The record's rows in local order: the others' partial rows
              * (wire format) and mine (x's format), summed up to eight at
@@ -411,18 +443,13 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
                                                 m->fwd.off[l]) * rb;
                     continue;
                 }
-                while (s->ox < m->P && (!served_remote(m, s->ox) ||
-                                        s->ok >= m->final_in[s->ox])) {
-                    s->ox++;
-                    s->ok = 0;
-                }
-                if (s->ox == m->P)
+                if (s->ok >= m->final_in[x])
                     return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: more "
-                                     "own rows listed than received");
+                                     "own rows of rank %d listed than "
+                                     "received", x);
                 own = nr;
                 s->srows[nr++] = s->expert_out +
-                                 (m->final_off[s->ox] + s->ok++) * H *
-                                     m->x_elem;
+                                 (m->final_off[x] + s->ok++) * H * m->x_elem;
                 s->cur[l]++;
             }
             mox_dtype_t wt = m->comb_elem == 4 ? MOX_DTYPE_F32
@@ -452,13 +479,19 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
                     return st;
             }
         }
+        for (size_t l = 0; l < L; l++)
+            if (s->cur[l] != s->end[l])
+                return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: local "
+                                 "rank %zu's rows of rank %d are not in "
+                                 "record order", l, x);
+        if (s->ok != m->final_in[x])
+            return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: %llu own "
+                             "rows of rank %d listed, %llu received",
+                             (unsigned long long)s->ok, x,
+                             (unsigned long long)m->final_in[x]);
     }
     if (st != MOX_OK)
         return st;
-    for (size_t l = 0; l < L; l++)
-        if (s->cur[l] != s->end[l])
-            return mox__fail(c, MOX_ERR_PROTOCOL, "moe_combine: local rank "
-                             "%zu's rows are not in record order", l);
     s->summed = 1;
     return MOX_OK;
 }
