@@ -97,7 +97,8 @@ static void usage(FILE *f)
         "time / link bound (dedup-min bytes over the busiest node link, the\n"
         "larger direction, at G Gbit/s) or, on one node, / memcpy bound (record\n"
         "bytes delivered by all ranks / aggregate memcpy rate measured with all\n"
-        "ranks copying at once). #wrong = wrong rows + wrong combined tokens.\n"
+        "ranks copying at once, before each batch size). #wrong = wrong rows +\n"
+        "wrong combined tokens.\n"
         "The implementations are timed in an order that rotates with the batch\n"
         "size (the first one timed at a size runs slower) and printed in a\n"
         "fixed one. Run under mpirun or tools/mox-run --mpi.\n");
@@ -888,7 +889,6 @@ int main(int argc, char **argv)
             die_mox(comm, "mox_moe_create", st);
     }
 
-    double mrate = nnodes == 1 ? memcpy_rate() : 0;
     FILE *csv = NULL;
     if (me == 0) {
         printf("# mox-moe-bench: %d ranks on %d nodes, %d experts, top-%d, "
@@ -902,7 +902,8 @@ int main(int argc, char **argv)
                    o.link_gbit);
         else
             printf("# x bound = dispatch time / memcpy bound (aggregate "
-                   "memcpy %.2f GB/s, all ranks copying)\n", mrate / 1e9);
+                   "memcpy rate, all ranks copying, measured before each "
+                   "batch size)\n");
         if (o.csv && !(csv = fopen(o.csv, "w"))) {
             perror(o.csv);
             MPI_Abort(MPI_COMM_WORLD, 1);
@@ -943,14 +944,21 @@ int main(int argc, char **argv)
             fprintf(stderr, "mox-moe-bench: rank %d: out of memory\n", me);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
+        /* On one node the memory rate is measured here, just before the
+         * runs it bounds: measured once at the start of the program, it
+         * moved by up to 30 % between programs while the runs' own times
+         * did not, which moved their ratios as much. */
+        double mrate = nnodes == 1 ? memcpy_rate() : 0;
         double bound_s = nnodes > 1 ? ex.link_bound_s : ex.rec_total / mrate;
         const char *bkind = nnodes > 1 ? "link" : "memcpy";
-        char b1[32];
+        char b1[32], mr[48] = "";
         fmt_bytes(b1, sizeof b1, ex.dedup_min_rank);
+        if (nnodes == 1)
+            snprintf(mr, sizeof mr, " (memcpy %.2f GB/s)", mrate / 1e9);
         if (me == 0) {
             printf("\n# %d tokens/rank, %d iters: dedup-min %s/rank, %s bound "
-                   "%.0f us, %.0f rows delivered/rank\n", T, iters, b1, bkind,
-                   bound_s * 1e6, ex.delivered_rank);
+                   "%.0f us%s, %.0f rows delivered/rank\n", T, iters, b1,
+                   bkind, bound_s * 1e6, mr, ex.delivered_rank);
             printf("#%-14s %12s %12s %8s %14s %11s %8s %7s\n", "impl",
                    "dispatch(us)", "combine(us)", "GB/s", "inter B/rank",
                    "x dedup-min", "x bound", "#wrong");
