@@ -95,10 +95,11 @@ static void usage(FILE *f)
         "counts); x dedup-min = that / (sum over tokens of distinct remote nodes\n"
         "x record bytes, record = align8(align8(4+8k) + 2H)); x bound = dispatch\n"
         "time / link bound (dedup-min bytes over the busiest node link, the\n"
-        "larger direction, at G Gbit/s) or, on one node, / memcpy bound (record\n"
-        "bytes delivered by all ranks / aggregate memcpy rate measured with all\n"
-        "ranks copying at once, before each batch size). #wrong = wrong rows +\n"
-        "wrong combined tokens.\n"
+        "larger direction, at G Gbit/s) or, on one node, / memcpy bound (before\n"
+        "each timed dispatch every rank memcpys its share of the record bytes\n"
+        "delivered, out of cache, then waits in a barrier; timed from the\n"
+        "barrier before, as the ops; per implementation, last column).\n"
+        "#wrong = wrong rows + wrong combined tokens.\n"
         "The implementations are timed in an order that rotates with the batch\n"
         "size (the first one timed at a size runs slower) and printed in a\n"
         "fixed one. Run under mpirun or tools/mox-run --mpi.\n");
@@ -411,6 +412,7 @@ static long check_combine(const uint16_t *out, int fp8, int f32wire)
 
 typedef struct {
     double disp_s, comb_s;       /* this rank's mean */
+    double copy_s;               /* its paired copy's mean (one node) */
     double inter, comb_inter;    /* bytes to other nodes per op, this rank */
     long wrong;
 } result_t;
@@ -429,6 +431,37 @@ static float *w_me;        /* [T][k] */
 static uint16_t *recv_x;   /* [cap][H] */
 static uint16_t *y_buf;    /* [cap][H] expert outputs */
 static uint16_t *comb_out; /* [T][H] */
+
+/*
+ * One node: the memcpy bound, measured in the timed iterations
+ * themselves, so that it sees the machine the ops see. Before each timed
+ * dispatch every rank copies its share of the record bytes delivered
+ * (rec_total / P) from one buffer to another, both out of cache, and
+ * then waits in a barrier, timed from the barrier before it as the ops
+ * are: like a dispatch, a rank is done only once every rank's bytes
+ * are. (Timing the copy alone missed the time copies waited for a core,
+ * as ranks leave a barrier one after another on 2 cores; first start to
+ * last end counted that stagger in.) Measured once per program as an
+ * aggregate rate, the bound had moved by up to 50 % between programs
+ * (13-33 GB/s on this 2-core VM, whose L3 other tenants share) while the
+ * ops' own times did not.
+ */
+static struct {
+    char *a, *b;
+    size_t len;
+    double t;
+} mc;
+
+static void paired_copy(void)
+{
+    if (!mc.a)
+        return;
+    MPI_Barrier(MPI_COMM_WORLD);
+    double t0 = MPI_Wtime();
+    memcpy(mc.b, mc.a, mc.len);
+    MPI_Barrier(MPI_COMM_WORLD);
+    mc.t += MPI_Wtime() - t0;
+}
 static uint64_t cap;
 
 /* ---- mox -------------------------------------------------------------- */
@@ -495,8 +528,10 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
             die_mox(comm, "combine", st);
     }
     double td = 0, tc = 0, bi = 0, bc = 0;
+    mc.t = 0;
     for (int i = 0; i < iters; i++) {
         mox_stats_t s0 = {.struct_size = sizeof s0}, s1 = s0, s2 = s0;
+        paired_copy();
         MPI_Barrier(MPI_COMM_WORLD);
         mox_comm_stats(comm, &s0);
         double t0 = MPI_Wtime();
@@ -519,6 +554,7 @@ static void run_mox(mox_comm_t comm, mox_moe_t moe, int fp8, int iters,
     }
     res->disp_s = td / iters;
     res->comb_s = tc / iters;
+    res->copy_s = mc.t / iters;
     res->inter = bi / iters;
     res->comb_inter = bc / iters;
     res->wrong = wrong;
@@ -680,7 +716,9 @@ static void run_mpi(int iters, const expect_t *ex, result_t *res)
         mpi_combine(&m);
     }
     double td = 0, tc = 0;
+    mc.t = 0;
     for (int i = 0; i < iters; i++) {
+        paired_copy();
         MPI_Barrier(MPI_COMM_WORLD);
         double t0 = MPI_Wtime();
         mpi_dispatch(&m);
@@ -702,6 +740,7 @@ static void run_mpi(int iters, const expect_t *ex, result_t *res)
         }
     res->disp_s = td / iters;
     res->comb_s = tc / iters;
+    res->copy_s = mc.t / iters;
     res->inter = inter;
     res->comb_inter = cinter;
     res->wrong = wrong;
@@ -744,34 +783,6 @@ static void mpi_nodes(void)
             node_of[r] = node_of[leaders[r]];
     }
     free(leaders);
-}
-
-/* Aggregate memcpy rate with every rank copying at once (bytes/s). */
-static double memcpy_rate(void)
-{
-    /* 16 MiB: out of cache, as the per-peer messages; 256 MiB per rank and
-     * round, best of 3 (shorter runs are dominated by time slicing when
-     * ranks outnumber cores) */
-    size_t len = 16u << 20;
-    char *a = malloc(len), *b = malloc(len);
-    memset(a, 1, len);
-    memset(b, 2, len);
-    int reps = 16;
-    double best = 1e30;
-    for (int round = 0; round < 3; round++) {
-        MPI_Barrier(MPI_COMM_WORLD);
-        double t0 = MPI_Wtime();
-        for (int i = 0; i < reps; i++)
-            memcpy(i % 2 ? a : b, i % 2 ? b : a, len);
-        double t = MPI_Wtime() - t0, tmax;
-        MPI_Allreduce(&t, &tmax, 1, MPI_DOUBLE, MPI_MAX, MPI_COMM_WORLD);
-        best = fmin(best, tmax);
-    }
-    volatile char sink = a[len / 2] + b[len / 3];
-    (void)sink;
-    free(a);
-    free(b);
-    return (double)len * reps * P / best;
 }
 
 static const char *IMPL_NAMES[4] = {"mox-dedup", "mox-a2av", "mox-dedup-fp8",
@@ -901,9 +912,9 @@ int main(int argc, char **argv)
             printf("# x bound = dispatch time / link bound at %g Gbit/s\n",
                    o.link_gbit);
         else
-            printf("# x bound = dispatch time / memcpy bound (aggregate "
-                   "memcpy rate, all ranks copying, measured before each "
-                   "batch size)\n");
+            printf("# x bound = dispatch time / memcpy bound (every rank "
+                   "copying its share of the delivered bytes, then a "
+                   "barrier, before each timed dispatch)\n");
         if (o.csv && !(csv = fopen(o.csv, "w"))) {
             perror(o.csv);
             MPI_Abort(MPI_COMM_WORLD, 1);
@@ -944,24 +955,33 @@ int main(int argc, char **argv)
             fprintf(stderr, "mox-moe-bench: rank %d: out of memory\n", me);
             MPI_Abort(MPI_COMM_WORLD, 1);
         }
-        /* On one node the memory rate is measured here, just before the
-         * runs it bounds: measured once at the start of the program, it
-         * moved by up to 30 % between programs while the runs' own times
-         * did not, which moved their ratios as much. */
-        double mrate = nnodes == 1 ? memcpy_rate() : 0;
-        double bound_s = nnodes > 1 ? ex.link_bound_s : ex.rec_total / mrate;
+        if (nnodes == 1) { /* paired copies (paired_copy) */
+            mc.len = (size_t)(ex.rec_total / P) + 64;
+            mc.a = malloc(mc.len);
+            mc.b = malloc(mc.len);
+            if (!mc.a || !mc.b) {
+                fprintf(stderr, "mox-moe-bench: rank %d: out of memory\n", me);
+                MPI_Abort(MPI_COMM_WORLD, 1);
+            }
+            memset(mc.a, 1, mc.len);
+            memset(mc.b, 2, mc.len);
+        }
         const char *bkind = nnodes > 1 ? "link" : "memcpy";
-        char b1[32], mr[48] = "";
+        char b1[32], bnd[64];
         fmt_bytes(b1, sizeof b1, ex.dedup_min_rank);
-        if (nnodes == 1)
-            snprintf(mr, sizeof mr, " (memcpy %.2f GB/s)", mrate / 1e9);
+        if (nnodes > 1)
+            snprintf(bnd, sizeof bnd, "link bound %.0f us",
+                     ex.link_bound_s * 1e6);
+        else
+            snprintf(bnd, sizeof bnd, "memcpy bound per impl (last column)");
         if (me == 0) {
-            printf("\n# %d tokens/rank, %d iters: dedup-min %s/rank, %s bound "
-                   "%.0f us%s, %.0f rows delivered/rank\n", T, iters, b1,
-                   bkind, bound_s * 1e6, mr, ex.delivered_rank);
-            printf("#%-14s %12s %12s %8s %14s %11s %8s %7s\n", "impl",
+            printf("\n# %d tokens/rank, %d iters: dedup-min %s/rank, %s, "
+                   "%.0f rows delivered/rank\n", T, iters, b1, bnd,
+                   ex.delivered_rank);
+            printf("#%-14s %12s %12s %8s %14s %11s %8s %7s%s\n", "impl",
                    "dispatch(us)", "combine(us)", "GB/s", "inter B/rank",
-                   "x dedup-min", "x bound", "#wrong");
+                   "x dedup-min", "x bound", "#wrong",
+                   nnodes > 1 ? "" : "    bound(us)");
             fflush(stdout);
         }
         double disp[4] = {0}, comb[4] = {0};
@@ -982,15 +1002,16 @@ int main(int argc, char **argv)
             if (!impl_on(i))
                 continue;
             result_t r = rs[i];
-            double in4[4] = {r.disp_s, r.comb_s, 0, 0}, mx[4];
+            double in4[4] = {r.disp_s, r.comb_s, r.copy_s, 0}, mx[4];
             double in2[3] = {r.inter, r.comb_inter, (double)r.wrong}, sum[3];
-            MPI_Reduce(in4, mx, 2, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
+            MPI_Reduce(in4, mx, 3, MPI_DOUBLE, MPI_MAX, 0, MPI_COMM_WORLD);
             MPI_Reduce(in2, sum, 3, MPI_DOUBLE, MPI_SUM, 0, MPI_COMM_WORLD);
             long wrong = (long)sum[2];
             MPI_Bcast(&wrong, 1, MPI_LONG, 0, MPI_COMM_WORLD);
             if (wrong)
                 rc = 1;
             if (me == 0) {
+                double bound_s = nnodes > 1 ? ex.link_bound_s : mx[2];
                 disp[i] = mx[0];
                 comb[i] = mx[1];
                 double inter = sum[0] / P, cinter = sum[1] / P;
@@ -1002,9 +1023,12 @@ int main(int argc, char **argv)
                 else
                     snprintf(xd, sizeof xd, "-");
                 snprintf(xb, sizeof xb, "%.2f", mx[0] / bound_s);
-                printf(" %-14s %12.1f %12.1f %8.3f %14s %11s %8s %7ld\n",
+                char mb[32] = "";
+                if (nnodes == 1)
+                    snprintf(mb, sizeof mb, " %12.0f", bound_s * 1e6);
+                printf(" %-14s %12.1f %12.1f %8.3f %14s %11s %8s %7ld%s\n",
                        IMPL_NAMES[i], mx[0] * 1e6, mx[1] * 1e6, gbs, ib, xd,
-                       xb, wrong);
+                       xb, wrong, mb);
                 fflush(stdout);
                 if (csv)
                     fprintf(csv, "%s,%d,%d,%d,%d,%d,%d,%d,%.3f,%.3f,%.6f,%.0f,"
@@ -1021,7 +1045,8 @@ int main(int argc, char **argv)
                    disp[3] / disp[0], comb[3] / comb[0],
                    (disp[3] + comb[3]) / (disp[0] + comb[0]));
         free(ids_all); free(w_all); free(ex.src); free(x_in); free(recv_x);
-        free(y_buf); free(comb_out);
+        free(y_buf); free(comb_out); free(mc.a); free(mc.b);
+        mc.a = mc.b = NULL;
     }
     if (csv)
         fclose(csv);
