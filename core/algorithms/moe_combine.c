@@ -221,7 +221,7 @@ static mox_status_t post_initial(struct mox_req *req, combine_t *s)
     s->acc = (float *)(void *)(s->srows + L);
     s->wtmp = s->acc + m->H;
     /* Each local rank's records are in record order, so in source order:
-     * find where each source's begin. */
+     * find where each source's records begin. */
     for (size_t l = 0; l < L && m->forward; l++) {
         uint64_t i = m->fwd.off[l];
         for (size_t x = 0; x < P; x++) {

@@ -462,6 +462,7 @@ static void paired_copy(void)
     MPI_Barrier(MPI_COMM_WORLD);
     mc.t += MPI_Wtime() - t0;
 }
+
 static uint64_t cap;
 
 /* ---- mox -------------------------------------------------------------- */
