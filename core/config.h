@@ -89,6 +89,12 @@ typedef enum {
       "auto|pairwise|hier", 0, 0,                                              \
       "alltoall(v) algorithm: pairwise (direct) or hier (two-level, one "      \
       "message per node pair per rail)")                                       \
+    X(alltoallv_direct, "MOX_ALLTOALLV_DIRECT", MOX_CFG_SIZE, "32k", NULL, 0, \
+      (int64_t)1 << 50,                                                        \
+      "hier alltoall(v): a block of at least this many bytes for a rank on "   \
+      "another node goes straight to it instead of through the rails' "        \
+      "aggregators (its count still travels in their headers); 0 = every "    \
+      "block through the aggregators; must be the same on every rank")         \
     X(moe_algo, "MOX_MOE_ALGO", MOX_CFG_ENUM, "auto",                          \
       "auto|dedup|alltoallv|allgather", 0, 0,                                  \
       "MoE dispatch/combine algorithm when the handle's config says "          \

@@ -17,6 +17,16 @@
  * Every header is sent even when its counts are all zero, so each receiver
  * learns every sender's count and a disagreement is MOX_ERR_MISMATCH naming
  * both ranks. Messages per rank: 2(L-1) + about N-1, not P-1.
+ *
+ * Large blocks go direct: a block of at least MOX_ALLTOALLV_DIRECT bytes
+ * for a rank on another node is sent straight from sendbuf into the
+ * receiver's recvbuf, one message, no copy, from the start, instead of
+ * being gathered, packed and scattered (those copies are not overlapped
+ * with the network and cost 5-20 % at large sizes, docs/design.md). Both
+ * ends decide from the same number (the sender's sendcounts[d], the
+ * receiver's recvcounts[s], equal in a valid call), and the block's count
+ * still travels in the aggregators' headers, so a disagreement is still
+ * reported, as soon as the header arrives.
  */
 #include "core/comm.h"
 #include "core/wire.h"
@@ -26,13 +36,16 @@
 #include <stdlib.h>
 #include <string.h>
 
-enum { STEP_LOCAL = 1, STEP_GHDR = 2, STEP_GDATA = 3, STEP_NET = 4 };
+enum { STEP_LOCAL = 1, STEP_GHDR = 2, STEP_GDATA = 3, STEP_NET = 4,
+       STEP_DIRECT = 5 };
 
 typedef struct {
     int phase;
     mox_status_t start_error;
     int P, N, L, me_local, my_node;
     size_t elem_bytes;
+    uint64_t direct_min;             /* blocks of >= this many elements go
+                                        direct (0: none) */
     char *recvbuf;
     uint64_t *recvcounts, *rdispls;  /* copies, [P] */
     uint64_t *local_expect;          /* [L] bytes expected from local peers */
@@ -52,12 +65,26 @@ typedef struct {
     char *netout;        /* messages I send as aggregator */
     char *netin;         /* messages from other nodes, by node */
     size_t *netin_off;   /* [N+1] */
+    uint64_t *scattered; /* [N] node b's message checked and placed */
     /* Transport requests, one array (core cancels and reports them). */
     mox__treq_t *t;
     mox__treq_t *local_recv, *local_send, *ghdr_send, *gdata_send,
         *ghdr_recv, *gdata_recv, *net_send, *net_recv;
+    mox__treq_t *direct_recv, *direct_send; /* [P] */
     size_t nt;
 } hier_t;
+
+/* Whether a block of `count` elements travels direct (both ends agree). */
+static int is_direct(const hier_t *s, uint64_t count)
+{
+    return s->direct_min && count >= s->direct_min;
+}
+
+/* Bytes of a block inside the aggregated messages (0 when direct). */
+static uint64_t agg_bytes(const hier_t *s, uint64_t count)
+{
+    return is_direct(s, count) ? 0 : count * s->elem_bytes;
+}
 
 static void free_state(struct mox_req *req)
 {
@@ -90,6 +117,9 @@ static mox_status_t post_gather_data(struct mox_req *req)
             return mox__fail(c, st, "alltoallv: gather header from rank %d: "
                              "%s", mox__topo_rank_at(&c->topo, s->my_node, a),
                              err);
+        s->gbytes[a] = 0;
+        for (int k = 0; k < s->nserve; k++)
+            s->gbytes[a] += agg_bytes(s, s->gcounts[(size_t)a * s->nserve + k]);
         total += s->gbytes[a];
     }
     if (st != MOX_OK)
@@ -149,7 +179,7 @@ static mox_status_t post_net_sends(struct mox_req *req)
         out += hdr_bytes;
         for (int a = 0; a < s->L; a++) {
             counts[a] = s->gcounts[(size_t)a * s->nserve + i];
-            size_t b = counts[a] * s->elem_bytes;
+            size_t b = agg_bytes(s, counts[a]);
             memcpy(out, s->gdata + src_off[a], b);
             src_off[a] += b;
             out += b;
@@ -185,12 +215,19 @@ static mox_status_t scatter_node(mox__comm_t *c, hier_t *s, int b,
     char err[256];
     mox__wire_hdr_t expect = {MOX_WIRE_A2A_NET, seq, (uint32_t)Lb,
                               (uint32_t)s->elem_bytes};
-    st = mox__wire_decode(msg, r->bytes, &expect, counts,
-                          r->bytes >= hdr_bytes ? r->bytes - hdr_bytes : 0,
+    st = mox__wire_decode(msg, r->bytes, &expect, counts, UINT64_MAX / 2,
                           &payload, err, sizeof err);
     if (st != MOX_OK)
         return mox__fail(c, st, "alltoallv: message from rank %d (node %d): "
                          "%s", agg, b, err);
+    payload = 0;
+    for (int a = 0; a < Lb; a++)
+        payload += agg_bytes(s, counts[a]);
+    if (payload > r->bytes - hdr_bytes)
+        return mox__fail(c, MOX_ERR_PROTOCOL, "alltoallv: message from rank "
+                         "%d (node %d) holds %zu payload bytes, its header "
+                         "lists %llu", agg, b, r->bytes - hdr_bytes,
+                         (unsigned long long)payload);
     const char *p = msg + hdr_bytes;
     for (int a = 0; a < Lb; a++) {
         int src = mox__topo_rank_at(&c->topo, b, a);
@@ -200,9 +237,33 @@ static mox_status_t scatter_node(mox__comm_t *c, hier_t *s, int b,
                              "= %llu", src, (unsigned long long)counts[a],
                              c->rank, src,
                              (unsigned long long)s->recvcounts[src]);
-        size_t bytes = counts[a] * s->elem_bytes;
+        size_t bytes = agg_bytes(s, counts[a]);
         memcpy(s->recvbuf + s->rdispls[src] * s->elem_bytes, p, bytes);
         p += bytes;
+    }
+    return MOX_OK;
+}
+
+/* Direct blocks: each arrived whole (the counts agreed, see scatter_node,
+ * but a sender may still have sent other bytes than its header said). */
+static mox_status_t check_direct(mox__comm_t *c, hier_t *s)
+{
+    for (int src = 0; src < s->P; src++) {
+        const mox__treq_t *r = &s->direct_recv[src];
+        if (!r->posted)
+            continue;
+        uint64_t want = s->recvcounts[src] * s->elem_bytes;
+        if (r->status == MOX_ERR_TRUNCATED ||
+            (r->status == MOX_OK && r->bytes != want))
+            return mox__fail(c, MOX_ERR_PROTOCOL, "alltoallv: rank %d sent "
+                             "%zu bytes%s straight to rank %d, its header "
+                             "said %llu", src, r->bytes,
+                             r->status == MOX_ERR_TRUNCATED ? " (or more)"
+                                                            : "",
+                             c->rank, (unsigned long long)want);
+        mox_status_t st = mox__treq_check(c, r, "alltoallv direct receive");
+        if (st != MOX_OK)
+            return st;
     }
     return MOX_OK;
 }
@@ -246,12 +307,20 @@ static mox_status_t progress(struct mox_req *req)
         if ((st = post_net_sends(req)) != MOX_OK)
             return st;
     }
+    /* Each node's message as it comes: its header also tells whether the
+     * direct blocks this rank waits for agree with their senders. */
+    for (int b = 0; b < s->N; b++) {
+        if (b == s->my_node || s->scattered[b] || !s->net_recv[b].done)
+            continue;
+        if ((st = scatter_node(c, s, b, req->seq)) != MOX_OK)
+            return st;
+        s->scattered[b] = 1;
+    }
     if (s->phase != 3 || !mox__treqs_done(s->t, s->nt))
         return MOX_IN_PROGRESS;
     st = check_local(c, s);
-    for (int b = 0; b < s->N && st == MOX_OK; b++)
-        if (b != s->my_node)
-            st = scatter_node(c, s, b, req->seq);
+    if (st == MOX_OK)
+        st = check_direct(c, s);
     if (st == MOX_OK)
         st = mox__treqs_check(c, s->t, s->nt, "alltoallv");
     return st;
@@ -269,11 +338,11 @@ static hier_t *alloc_state(const mox__comm_t *c)
 {
     int P = c->size, L = c->local_size, N = c->topo.num_nodes;
     size_t maxd = (size_t)P; /* bound for any aggregator's destinations */
-    size_t nt = 6 * (size_t)L + maxd + (size_t)N;
+    size_t nt = 6 * (size_t)L + maxd + (size_t)N + 2 * (size_t)P;
     size_t ghdr = mox__wire_bytes((uint32_t)maxd);
     size_t bytes = sizeof(hier_t) + nt * sizeof(mox__treq_t) +
                    (3 * (size_t)P + (size_t)L + (size_t)L * maxd +
-                    (size_t)L) * sizeof(uint64_t) +
+                    (size_t)L + (size_t)N) * sizeof(uint64_t) +
                    ((size_t)N + 1) * sizeof(size_t) +
                    ((size_t)L + 1 + maxd) * sizeof(int) + 2 * (size_t)L * ghdr;
     hier_t *s = calloc(1, bytes);
@@ -289,6 +358,7 @@ static hier_t *alloc_state(const mox__comm_t *c)
     CARVE(local_expect, (size_t)L);
     CARVE(gcounts, (size_t)L * maxd);
     CARVE(gbytes, (size_t)L);
+    CARVE(scattered, (size_t)N);
     CARVE(netin_off, (size_t)N + 1);
     CARVE(dest_off, (size_t)L + 1);
     CARVE(dests, maxd);
@@ -305,6 +375,8 @@ static hier_t *alloc_state(const mox__comm_t *c)
     s->gdata_recv = s->ghdr_recv + L;
     s->net_recv = s->gdata_recv + L;
     s->net_send = s->net_recv + N;
+    s->direct_recv = s->net_send + maxd;
+    s->direct_send = s->direct_recv + P;
     return s;
 }
 
@@ -324,6 +396,21 @@ static mox_status_t post_initial(struct mox_req *req, hier_t *s,
         st = mox__irecv(c, agg, mox__tag(req->seq, STEP_NET),
                         s->netin + s->netin_off[b],
                         s->netin_off[b + 1] - s->netin_off[b], &s->net_recv[b]);
+    }
+    /* Direct blocks: receives, then sends (next rank up first, as
+     * pairwise), before any packing so the network starts at once. */
+    for (int src = 0; src < s->P && st == MOX_OK; src++)
+        if (c->topo.node_of[src] != s->my_node &&
+            is_direct(s, a->recvcounts[src]))
+            st = mox__irecv(c, src, mox__tag(req->seq, STEP_DIRECT),
+                            a->recvbuf + a->rdispls[src] * eb,
+                            a->recvcounts[src] * eb, &s->direct_recv[src]);
+    for (int i = 1; i < s->P && st == MOX_OK; i++) {
+        int d = (c->rank + i) % s->P;
+        if (c->topo.node_of[d] != s->my_node && is_direct(s, a->sendcounts[d]))
+            st = mox__isend(c, d, mox__tag(req->seq, STEP_DIRECT),
+                            a->sendbuf + a->sdispls[d] * eb,
+                            a->sendcounts[d] * eb, &s->direct_send[d]);
     }
     for (int i = 0; i < s->L && st == MOX_OK; i++) {
         int la = (s->me_local + i) % s->L;
@@ -353,8 +440,9 @@ static mox_status_t post_initial(struct mox_req *req, hier_t *s,
         for (int k = 0; k < nd; k++) {
             int d = s->dests[s->dest_off[la] + k];
             counts[k] = a->sendcounts[d];
-            memcpy(pk, a->sendbuf + a->sdispls[d] * eb, counts[k] * eb);
-            pk += counts[k] * eb;
+            uint64_t b = agg_bytes(s, counts[k]);
+            memcpy(pk, a->sendbuf + a->sdispls[d] * eb, b);
+            pk += b;
         }
         char *hdr = s->ghdr_out + (size_t)la * s->ghdr_out_stride;
         mox__wire_hdr_t h = {MOX_WIRE_A2A_GATHER, req->seq, (uint32_t)nd,
@@ -384,6 +472,9 @@ mox_status_t mox__alltoallv_hier(struct mox_req *req,
     s->me_local = c->local_rank;
     s->my_node = c->node;
     s->elem_bytes = a->elem_bytes;
+    int64_t db = c->cfg.alltoallv_direct;
+    s->direct_min = db > 0 ? ((uint64_t)db + a->elem_bytes - 1) / a->elem_bytes
+                           : 0;
     s->recvbuf = a->recvbuf;
     memcpy(s->recvcounts, a->recvcounts, (size_t)s->P * sizeof(uint64_t));
     memcpy(s->rdispls, a->rdispls, (size_t)s->P * sizeof(uint64_t));
@@ -392,7 +483,7 @@ mox_status_t mox__alltoallv_hier(struct mox_req *req,
     uint64_t pack_bytes = 0;
     for (int d = 0; d < s->P; d++)
         if (c->topo.node_of[d] != s->my_node)
-            pack_bytes += a->sendcounts[d] * a->elem_bytes;
+            pack_bytes += agg_bytes(s, a->sendcounts[d]);
     s->netin_off[0] = 0;
     for (int b = 0; b < s->N; b++) {
         size_t bytes = 0;
@@ -400,8 +491,8 @@ mox_status_t mox__alltoallv_hier(struct mox_req *req,
             int Lb = mox__topo_local_size(&c->topo, b);
             bytes = mox__wire_bytes((uint32_t)Lb);
             for (int k = 0; k < Lb; k++)
-                bytes += s->recvcounts[mox__topo_rank_at(&c->topo, b, k)] *
-                         a->elem_bytes;
+                bytes += agg_bytes(s, s->recvcounts[mox__topo_rank_at(
+                                          &c->topo, b, k)]);
         }
         s->netin_off[b + 1] = s->netin_off[b] + bytes;
     }

@@ -23,6 +23,7 @@ typedef struct {
     int zero_pct, elem_bytes, alltoall, nonblocking;
     int silent_rank; /* this rank sends nothing (-1: none) */
     long expect_rcvbuf; /* SO_RCVBUF of every connection to another node */
+    long expect_direct; /* MOX_ALLTOALLV_DIRECT in force (-1: no check) */
 } opts_t;
 
 static void usage(FILE *f)
@@ -30,12 +31,17 @@ static void usage(FILE *f)
     fprintf(f, "usage: mp_alltoallv [--seed S] [--iters N] [--max-count C]\n"
                "  [--zero-pct P] [--elem-bytes B] [--silent-rank R]\n"
                "  [--min-total-bytes B] [--alltoall] [--nonblocking]\n"
-               "  [--expect-rcvbuf B]\n"
+               "  [--expect-rcvbuf B] [--expect-direct B]\n"
                "--expect-rcvbuf: after the run, at least one connected TCP\n"
                "socket per rank on another node has SO_RCVBUF == B (the\n"
                "kernel's value, twice what was set), and none has grown\n"
                "past B or the kernel's initial size (tcp_rmem), as an\n"
                "autotuned one does after traffic.\n"
+               "--expect-direct: MOX_ALLTOALLV_DIRECT is B (0: off); after\n"
+               "each call this rank sent exactly one message to another\n"
+               "node per block of at least B bytes there plus one per\n"
+               "other node (its rail's aggregated message), by\n"
+               "mox_comm_stats (equal node sizes only).\n"
                "Checks alltoall(v) results against seeded data; run it "
                "under tools/mox-run.\n");
 }
@@ -48,8 +54,9 @@ static int parse(int argc, char **argv, opts_t *o)
         {"elem-bytes", 1, 0, 'e'}, {"silent-rank", 1, 0, 'r'},
         {"min-total-bytes", 1, 0, 't'}, {"alltoall", 0, 0, 'a'},
         {"nonblocking", 0, 0, 'n'}, {"expect-rcvbuf", 1, 0, 'b'},
+        {"expect-direct", 1, 0, 'd'},
         {"help", 0, 0, 'h'}, {0, 0, 0, 0}};
-    *o = (opts_t){1, 3, 1000, 0, 20, 4, 0, 0, -1, 0};
+    *o = (opts_t){1, 3, 1000, 0, 20, 4, 0, 0, -1, 0, -1};
     int c;
     while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
         switch (c) {
@@ -63,6 +70,7 @@ static int parse(int argc, char **argv, opts_t *o)
         case 'a': o->alltoall = 1; break;
         case 'n': o->nonblocking = 1; break;
         case 'b': o->expect_rcvbuf = atol(optarg); break;
+        case 'd': o->expect_direct = atol(optarg); break;
         case 'h': usage(stdout); exit(0);
         default: usage(stderr); return -1;
         }
@@ -157,6 +165,29 @@ static int run_iter(mox_comm_t comm, const opts_t *o, uint64_t it,
         fprintf(stderr, "rank %d iter %" PRIu64 ": alltoallv failed: %s: %s\n",
                 me, it, mox_status_name(st), mox_comm_last_error(comm));
         bad = 1;
+    }
+    if (!bad && o->expect_direct >= 0) {
+        /* Nodes are contiguous blocks of L ranks; with equal sizes each
+         * rank aggregates for one rank of every other node. */
+        mox_topo_info_t t = {.struct_size = sizeof t};
+        mox_stats_t ms = {.struct_size = sizeof ms};
+        mox_comm_topo(comm, &t);
+        mox_comm_stats(comm, &ms);
+        int L = t.local_size;
+        uint64_t want = (uint64_t)t.num_nodes - 1;
+        for (int j = 0; j < P; j++)
+            if (j / L != me / L && o->expect_direct > 0 &&
+                sc[j] * eb >= (uint64_t)o->expect_direct)
+                want++;
+        if (P != L * t.num_nodes) {
+            fprintf(stderr, "--expect-direct needs equal node sizes\n");
+            bad = 1;
+        } else if (ms.last_msgs_inter != want) {
+            fprintf(stderr, "rank %d iter %" PRIu64 ": sent %" PRIu64
+                    " messages to other nodes, expected %" PRIu64 "\n", me,
+                    it, ms.last_msgs_inter, want);
+            bad = 1;
+        }
     }
     for (int j = 0; j < P && !bad; j++) {
         int64_t at = td_check(o->seed, it, j, me, rb + rd[j] * eb, rc[j] * eb);
