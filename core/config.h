@@ -89,7 +89,7 @@ typedef enum {
       "auto|pairwise|hier", 0, 0,                                              \
       "alltoall(v) algorithm: pairwise (direct) or hier (two-level, one "      \
       "message per node pair per rail)")                                       \
-    X(alltoallv_direct, "MOX_ALLTOALLV_DIRECT", MOX_CFG_SIZE, "32k", NULL, 0, \
+    X(alltoallv_direct, "MOX_ALLTOALLV_DIRECT", MOX_CFG_SIZE, "64k", NULL, 0, \
       (int64_t)1 << 50,                                                        \
       "hier alltoall(v): a block of at least this many bytes for a rank on "   \
       "another node goes straight to it instead of through the rails' "        \

@@ -18,7 +18,7 @@ typedef struct {
     const char *coll;
     uint64_t min_bytes, max_bytes;
     double factor;
-    int iters, warmup, check;
+    int iters, warmup, check, barrier;
     const char *csv;
     const char *dtype, *op;   /* reduce_scatter / allgather */
     int density;              /* block-sparse reduce_scatter; -1 = dense */
@@ -31,7 +31,8 @@ static void usage(FILE *f)
         "usage: mox-perf -c alltoall|alltoallv|reduce_scatter|allgather\n"
         "                [-b MIN] [-e MAX] [-f FACTOR] [-d TYPE] [-o OP]\n"
         "                [--density PCT] [--link-gbps G]\n"
-        "                [-n ITERS] [-w WARMUP] [--no-check] [--csv FILE]\n"
+        "                [-n ITERS] [-w WARMUP] [--barrier] [--no-check]\n"
+        "                [--csv FILE]\n"
         "  -c, --coll      collective to time\n"
         "  -b, --minbytes  smallest size in bytes per rank (default 8; k/M/G "
         "suffixes)\n"
@@ -39,6 +40,10 @@ static void usage(FILE *f)
         "  -f, --stepfactor  multiply the size by this each step (default 2)\n"
         "  -n, --iters     timed iterations per size (default 20)\n"
         "  -w, --warmup    untimed iterations per size (default 5)\n"
+        "      --barrier   alltoall(v): a barrier before every timed\n"
+        "                  iteration, each operation timed alone (as OSU's\n"
+        "                  benchmarks); default: iterations back to back,\n"
+        "                  the loop timed\n"
         "      --no-check  skip the result check (#wrong shows N/A)\n"
         "      --csv FILE  also write the table as CSV (rank 0)\n"
         "  -d, --datatype  reduce_scatter/allgather type: u8 i32 i64 f16 bf16\n"
@@ -67,8 +72,9 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         {"no-check", 0, 0, 'C'}, {"csv", 1, 0, 'V'},
         {"datatype", 1, 0, 'd'}, {"op", 1, 0, 'o'},
         {"density", 1, 0, 'D'}, {"link-gbps", 1, 0, 'L'},
+        {"barrier", 0, 0, 'B'},
         {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
-    *o = (perf_opts_t){"alltoallv", 8, 64 << 20, 2.0, 20, 5, 1, NULL,
+    *o = (perf_opts_t){"alltoallv", 8, 64 << 20, 2.0, 20, 5, 1, 0, NULL,
                        "f32", "sum", -1, 0};
     int c;
     while ((c = getopt_long(argc, argv, "c:b:e:f:n:w:d:o:h", lo, NULL)) != -1) {
@@ -80,6 +86,7 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         case 'n': o->iters = atoi(optarg); break;
         case 'w': o->warmup = atoi(optarg); break;
         case 'C': o->check = 0; break;
+        case 'B': o->barrier = 1; break;
         case 'V': o->csv = optarg; break;
         case 'd': o->dtype = optarg; break;
         case 'o': o->op = optarg; break;
@@ -102,6 +109,11 @@ static int parse(int argc, char **argv, perf_opts_t *o)
     if (rsag_is_coll(o->coll) &&
         rsag_check_args(o->dtype, o->op, o->density) != 0)
         return -1;
+    if (rsag_is_coll(o->coll) && o->barrier) {
+        fprintf(stderr, "mox-perf: --barrier is for alltoall and "
+                "alltoallv\n");
+        return -1;
+    }
     if (!o->min_bytes || o->max_bytes < o->min_bytes || o->factor <= 1.0 ||
         o->iters < 1 || o->warmup < 0) {
         fprintf(stderr, "mox-perf: need 0 < MIN <= MAX, FACTOR > 1, "
@@ -238,10 +250,19 @@ int main(int argc, char **argv)
             st = run_once(comm, &o, &b);
         if (st == MOX_OK)
             st = mox_barrier(comm);
-        double t0 = now_s();
-        for (int i = 0; i < o.iters && st == MOX_OK; i++)
-            st = run_once(comm, &o, &b);
-        double t = (now_s() - t0) / o.iters;
+        double t0 = now_s(), t = 0;
+        for (int i = 0; i < o.iters && st == MOX_OK; i++) {
+            if (o.barrier) {
+                st = mox_barrier(comm);
+                double t1 = now_s();
+                if (st == MOX_OK)
+                    st = run_once(comm, &o, &b);
+                t += now_s() - t1;
+            } else {
+                st = run_once(comm, &o, &b);
+            }
+        }
+        t = (o.barrier ? t : now_s() - t0) / o.iters;
         /* Untimed barrier before the check: ranks done early would otherwise
          * compute their check while others are still in the timed loop, and
          * with more ranks than cores take their CPU (it added ~2 ms to the
