@@ -151,7 +151,8 @@ static mox_status_t post_net_sends(struct mox_req *req)
     for (int a = 0; a < s->L && st == MOX_OK; a++)
         if (s->gdata_recv[a].posted && s->gdata_recv[a].bytes != s->gbytes[a])
             st = mox__fail(c, MOX_ERR_PROTOCOL, "alltoallv: rank %d sent "
-                           "%zu gather bytes, its header said %llu",
+                           "%zu gather bytes, its header said %llu (is "
+                           "MOX_ALLTOALLV_DIRECT the same on every rank?)",
                            mox__topo_rank_at(&c->topo, s->my_node, a),
                            s->gdata_recv[a].bytes,
                            (unsigned long long)s->gbytes[a]);
@@ -204,8 +205,9 @@ static mox_status_t scatter_node(mox__comm_t *c, hier_t *s, int b,
     if (r->status == MOX_ERR_TRUNCATED)
         return mox__fail(c, MOX_ERR_MISMATCH, "alltoallv: ranks of node %d "
                          "(via rank %d) sent rank %d more than its "
-                         "recvcounts allow (%zu bytes with header)", b, agg,
-                         c->rank, cap);
+                         "recvcounts allow (%zu bytes with header; or "
+                         "MOX_ALLTOALLV_DIRECT differs between ranks)", b,
+                         agg, c->rank, cap);
     mox_status_t st = mox__treq_check(c, r, "alltoallv network receive");
     if (st != MOX_OK)
         return st;
@@ -223,10 +225,11 @@ static mox_status_t scatter_node(mox__comm_t *c, hier_t *s, int b,
     payload = 0;
     for (int a = 0; a < Lb; a++)
         payload += agg_bytes(s, counts[a]);
-    if (payload > r->bytes - hdr_bytes)
+    if (payload != r->bytes - hdr_bytes)
         return mox__fail(c, MOX_ERR_PROTOCOL, "alltoallv: message from rank "
                          "%d (node %d) holds %zu payload bytes, its header "
-                         "lists %llu", agg, b, r->bytes - hdr_bytes,
+                         "lists %llu (is MOX_ALLTOALLV_DIRECT the same on "
+                         "every rank?)", agg, b, r->bytes - hdr_bytes,
                          (unsigned long long)payload);
     const char *p = msg + hdr_bytes;
     for (int a = 0; a < Lb; a++) {

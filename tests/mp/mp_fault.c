@@ -126,6 +126,12 @@ int main(int argc, char **argv)
         else if (c == 'c') coll = optarg;
         else return 2;
     }
+    /* direct-differs: the victim alone sends every alltoallv block to
+     * another node direct (the others run with MOX_ALLTOALLV_DIRECT=0). */
+    const char *rank_env = getenv("MOX_RANK");
+    if (strcmp(mode, "direct-differs") == 0 && rank_env &&
+        atoi(rank_env) == victim)
+        setenv("MOX_ALLTOALLV_DIRECT", "1", 1);
     mox_comm_t comm;
     char err[512] = "";
     mox_comm_params_t params = {.struct_size = sizeof params,
@@ -180,6 +186,10 @@ int main(int argc, char **argv)
         st = exchange(comm, -1, 0, -1);
         report(comm, "collective that must fail", st);
         rc = st == MOX_OK;
+    } else if (strcmp(mode, "direct-differs") == 0) {
+        st = exchange(comm, -1, 0, -1);
+        report(comm, "alltoallv with MOX_ALLTOALLV_DIRECT differing", st);
+        rc = me == victim && st == MOX_OK; /* it must see the difference */
     } else if (strcmp(mode, "mismatch") == 0 ||
                strcmp(mode, "zero-recv") == 0) {
         st = exchange(comm, victim, from, mode[0] == 'm' ? 101 : 0);
