@@ -21,7 +21,7 @@ typedef struct {
     const char *coll;
     uint64_t min_bytes, max_bytes;
     double factor;
-    int iters, warmup, check;
+    int iters, warmup, check, barrier;
     const char *csv;
 } perf_opts_t;
 
@@ -29,7 +29,8 @@ static void usage(FILE *f)
 {
     fprintf(f,
         "usage: mpi-a2a-bench -c alltoall|alltoallv [-b MIN] [-e MAX] [-f FACTOR]\n"
-        "                     [-n ITERS] [-w WARMUP] [--no-check] [--csv FILE]\n"
+        "                     [-n ITERS] [-w WARMUP] [--barrier] [--no-check]\n"
+        "                     [--csv FILE]\n"
         "  -c, --coll      collective to time (MPI_Alltoall / MPI_Alltoallv)\n"
         "  -b, --minbytes  smallest size in bytes per rank (default 8; k/M/G "
         "suffixes)\n"
@@ -37,6 +38,9 @@ static void usage(FILE *f)
         "  -f, --stepfactor  multiply the size by this each step (default 2)\n"
         "  -n, --iters     timed iterations per size (default 20)\n"
         "  -w, --warmup    untimed iterations per size (default 5)\n"
+        "      --barrier   a barrier before every timed iteration, each\n"
+        "                  operation timed alone (as OSU's benchmarks);\n"
+        "                  default: iterations back to back, the loop timed\n"
         "      --no-check  skip the result check (#wrong shows N/A)\n"
         "      --csv FILE  also write the table as CSV (rank 0), impl \"ompi\"\n"
         "Same traffic, columns and CSV as mox-perf: size is the bytes each rank\n"
@@ -53,8 +57,9 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         {"maxbytes", 1, 0, 'e'}, {"stepfactor", 1, 0, 'f'},
         {"iters", 1, 0, 'n'},  {"warmup", 1, 0, 'w'},
         {"no-check", 0, 0, 'C'}, {"csv", 1, 0, 'o'},
+        {"barrier", 0, 0, 'B'},
         {"help", 0, 0, 'h'},   {0, 0, 0, 0}};
-    *o = (perf_opts_t){"alltoallv", 8, 64 << 20, 2.0, 20, 5, 1, NULL};
+    *o = (perf_opts_t){"alltoallv", 8, 64 << 20, 2.0, 20, 5, 1, 0, NULL};
     int c;
     while ((c = getopt_long(argc, argv, "c:b:e:f:n:w:h", lo, NULL)) != -1) {
         switch (c) {
@@ -65,6 +70,7 @@ static int parse(int argc, char **argv, perf_opts_t *o)
         case 'n': o->iters = atoi(optarg); break;
         case 'w': o->warmup = atoi(optarg); break;
         case 'C': o->check = 0; break;
+        case 'B': o->barrier = 1; break;
         case 'o': o->csv = optarg; break;
         case 'h': usage(stdout); exit(0);
         default: return -1;
@@ -206,10 +212,19 @@ int main(int argc, char **argv)
             st = run_once(&o, &b);
         if (st == MPI_SUCCESS)
             st = MPI_Barrier(MPI_COMM_WORLD);
-        double t0 = MPI_Wtime();
-        for (int i = 0; i < o.iters && st == MPI_SUCCESS; i++)
-            st = run_once(&o, &b);
-        double t = (MPI_Wtime() - t0) / o.iters;
+        double t0 = MPI_Wtime(), t = 0;
+        for (int i = 0; i < o.iters && st == MPI_SUCCESS; i++) {
+            if (o.barrier) {
+                st = MPI_Barrier(MPI_COMM_WORLD);
+                double t1 = MPI_Wtime();
+                if (st == MPI_SUCCESS)
+                    st = run_once(&o, &b);
+                t += MPI_Wtime() - t1;
+            } else {
+                st = run_once(&o, &b);
+            }
+        }
+        t = (o.barrier ? t : MPI_Wtime() - t0) / o.iters;
         /* Untimed barrier before the check: ranks done early would otherwise
          * compute their check while others are still in the timed loop, and
          * with more ranks than cores take their CPU (it added ~2 ms to the
