@@ -66,7 +66,7 @@ typedef struct {
      * local rank l and source x ([l * P + x]): the first and end index of
      * x's records in l's part of fwd_rec, and how many of l's partial rows
      * come before x's (in my order, the order l sends them). */
-    int si, summed;
+    int si, summed, traced_first;
     uint64_t sr, ok;
     uint32_t sc;
     uint64_t *cur, *end;
@@ -474,6 +474,12 @@ static mox_status_t sum_ready(struct mox_req *req, combine_t *s)
                     bytes -= rb; /* tests: a short message */
                 st = mox__isend(c, x, btag, dst + lo * rb, bytes,
                                 &s->bsend[(size_t)x * CMAX + s->sc]);
+                if (!s->traced_first) {
+                    s->traced_first = 1;
+                    MOX_TRACE("moe", "combine %llu: first sum sent after "
+                              "%.3f ms", (unsigned long long)req->seq,
+                              (double)(mox__now_ns() - req->start_ns) / 1e6);
+                }
                 s->sc++;
                 if (st != MOX_OK)
                     return st;
@@ -918,5 +924,8 @@ mox_status_t mox__moe_combine_start(struct mox_req *req, struct mox_moe *m,
     req->progress = progress;
     s->phase = m->forward ? 1 : 2;
     s->start_error = post_initial(req, s);
+    MOX_TRACE("moe", "combine %llu: posted after %.3f ms",
+              (unsigned long long)req->seq,
+              (double)(mox__now_ns() - req->start_ns) / 1e6);
     return MOX_OK;
 }
