@@ -335,6 +335,10 @@ mox_status_t mox__moe_map_peer(struct mox_moe *m, int kind, int rank,
     char name[160];
     shmbuf_name(m, k, rank, gen, name, sizeof name);
     int fd = shm_open(name, O_RDWR, 0);
+    if (fd < 0 && errno == ENOENT) /* its owner unlinked it: gave up */
+        return mox__fail(c, MOX_ERR_PEER, "moe: rank %d's shared buffer %s "
+                         "is gone: rank %d failed or left the operation",
+                         rank, name, rank);
     if (fd < 0)
         return mox__fail(c, MOX_ERR_SYSTEM, "moe: rank %d's shared buffer "
                          "%s: %s", rank, name, strerror(errno));

@@ -410,6 +410,9 @@ MOX_API mox_status_t mox_moe_recv_count(mox_moe_t moe, uint64_t *num_recv,
  * within a token, a NULL buffer with tokens, num_tokens out of range) makes
  * every rank's dispatch end with MOX_ERR_INVALID_ARG naming that rank and
  * the problem, before any token moves; the communicator stays usable.
+ * A rank that dies or leaves makes every other rank's dispatch (and
+ * combine) end with MOX_ERR_PEER naming it, or MOX_ERR_TIMEOUT after
+ * MOX_TIMEOUT; the communicator is then unusable.
  */
 MOX_API mox_status_t mox_moe_idispatch(mox_moe_t moe,
                                        const mox_moe_input_t *in,

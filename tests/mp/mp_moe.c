@@ -18,6 +18,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
+#include <unistd.h>
 
 typedef struct {
     uint64_t seed;
@@ -405,6 +407,10 @@ static void usage(FILE *f)
                "on odd ranks)\n"
                "  [--mode ok|bad-expert|dup-expert|null-x|small-capacity|bad-hidden|bad-note|"
                "bad-experts --victim R]\n"
+               "  [--mode dies-early|dies-in-dispatch|dies-in-combine --victim R]  (rank R\n"
+               "  exits without a word after creation, right after starting a dispatch, or\n"
+               "  right after starting a combine; every other rank must get MOX_ERR_PEER or\n"
+               "  MOX_ERR_TIMEOUT within 3 rounds, and prints how long it took)\n"
                "  (bad-note: run with MOX_TEST_BAD_NOTE=R, rank R answers "
                "in-place reads with a bad offset,\n"
                "  or MOX_TEST_SHORT_BACK=R, rank R as a forwarder sends "
@@ -606,6 +612,11 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
     out.recv_per_expert = malloc((size_t)(o.experts / P) * 8 + 8);
     mox_stats_t s0 = {.struct_size = sizeof s0}, s1 = s0;
     mox_comm_stats(comm, &s0);
+    if (st == MOX_OK && me == o.victim && !strcmp(o.mode, "dies-in-dispatch")) {
+        mox_req_t r;
+        mox_moe_idispatch(moe, &in, &out, &r);
+        _exit(0); /* a crash with the dispatch under way */
+    }
     if (st == MOX_OK)
         st = mox_moe_dispatch(moe, &in, &out);
     mox_comm_stats(comm, &s1);
@@ -622,7 +633,8 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
         st = MOX_ERR_PROTOCOL;
     }
     int bad = 0;
-    if (strcmp(o.mode, "ok") != 0 && strcmp(o.mode, "bad-note") != 0) {
+    if (strcmp(o.mode, "ok") != 0 && strcmp(o.mode, "bad-note") != 0 &&
+        strncmp(o.mode, "dies-", 5) != 0) {
         /* Error modes: print what happened; main judges it. */
         if (st != MOX_OK)
             report(comm, o.mode, st);
@@ -637,6 +649,11 @@ static int round_trip(mox_comm_t comm, mox_moe_t moe, int iter,
                              : malloc(out.num_recv * H * xsize() + 1);
         char *res = malloc((size_t)T * H * xsize() + 1);
         run_experts(&out, out.recv_x, y);
+        if (me == o.victim && !strcmp(o.mode, "dies-in-combine")) {
+            mox_req_t r;
+            mox_moe_icombine(moe, y, res, &r);
+            _exit(0); /* a crash with the combine under way */
+        }
         st = mox_moe_combine(moe, y, res);
         combine_status = st;
         if (st != MOX_OK)
@@ -716,6 +733,31 @@ int main(int argc, char **argv)
     }
     int bad = 0;
     uint64_t inter = 0, inter_total = 0;
+    if (!strncmp(o.mode, "dies-", 5)) {
+        /* A rank dies: the others must fail with a named error in bounded
+         * time (run with a short MOX_TIMEOUT), never hang or pass with
+         * wrong data. A round may still pass when everything of the
+         * victim's was delivered before it left; a later one cannot. */
+        if (me == o.victim && !strcmp(o.mode, "dies-early"))
+            _exit(0);
+        struct timespec t0, t1;
+        clock_gettime(CLOCK_MONOTONIC, &t0);
+        int failed = 0;
+        for (int it = 0; it < 3 && !failed; it++) {
+            o.seed += (uint64_t)it;
+            failed = round_trip(comm, moe, it, &inter);
+        }
+        clock_gettime(CLOCK_MONOTONIC, &t1);
+        mox_status_t got = last_status != MOX_OK ? last_status : combine_status;
+        printf("rank %d: %s: %s after %.1f s\n", me, o.mode,
+               failed ? mox_status_name(got) : "no error",
+               (double)(t1.tv_sec - t0.tv_sec) +
+                   (double)(t1.tv_nsec - t0.tv_nsec) / 1e9);
+        int ok = failed && (got == MOX_ERR_PEER || got == MOX_ERR_TIMEOUT);
+        mox_moe_destroy(moe);
+        mox_comm_destroy(comm);
+        return !ok;
+    }
     /* Error modes run one round on every rank (only some ranks fail). */
     int iters = strcmp(o.mode, "ok") ? 1 : o.iters;
     for (int it = 0; it < iters && !bad; it++) {

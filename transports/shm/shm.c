@@ -133,7 +133,7 @@ static uint64_t now_ns(void)
 
 /* kill(pid, 0) still succeeds on a zombie nobody reaped yet, so look at
  * its state too. Only called every SHM_PEER_CHECK_NS per waiting peer. */
-static int peer_alive(pid_t pid)
+int shm_peer_alive(pid_t pid)
 {
     if (kill(pid, 0) != 0 && errno == ESRCH)
         return 0;
@@ -173,7 +173,7 @@ static int check_peers(mox__transport_t *tp)
         if (now - p->stalled_since_ns < SHM_PEER_CHECK_NS)
             continue;
         p->stalled_since_ns = now;
-        if (peer_alive(p->pid))
+        if (shm_peer_alive(p->pid))
             continue;
         MOX_ERROR("shm", "local peer rank %d (pid %d) is gone", p->rank,
                   (int)p->pid);
@@ -380,7 +380,7 @@ static mox_status_t shm_peer_check(mox__transport_t *tp, int peer)
         return MOX_OK;
     if (p->dead || p->failed == MOX_ERR_PEER)
         return MOX_ERR_PEER;
-    if (peer_alive(p->pid))
+    if (shm_peer_alive(p->pid))
         return MOX_OK;
     MOX_ERROR("shm", "local peer rank %d (pid %d) is gone", p->rank,
               (int)p->pid);

@@ -207,6 +207,8 @@ int shm_q_remove(shm_queue_t *q, mox__treq_t *r);
 mox__treq_t *shm_q_take_tag(shm_queue_t *q, uint64_t tag);
 void shm_req_done(mox__treq_t *r, mox_status_t st, size_t bytes);
 int shm_peer_fail(shm_peer_t *p, mox_status_t st);
+/* Is the process still there (not gone, not a zombie)? Costs syscalls. */
+int shm_peer_alive(pid_t pid);
 
 /* Fields of a request while the transport owns it. */
 #define SHM_REQ_BUF(r) ((r)->tp_priv[1])

@@ -27,10 +27,14 @@ static mox_status_t read_failed(const shm_peer_t *p, const char *what,
                                 uint64_t n, ssize_t got)
 {
     int err = got < 0 ? errno : 0;
+    /* A peer that is exiting can fail a read in other ways than ESRCH
+     * (its memory half gone): that is still the peer's failure. */
+    int gone = err == ESRCH || !shm_peer_alive(p->pid);
     MOX_ERROR("shm", "single-copy read of %s (%llu bytes) from rank %d "
-              "failed: %s", what, (unsigned long long)n, p->rank,
-              err ? strerror(err) : "short read");
-    return err == ESRCH ? MOX_ERR_PEER : MOX_ERR_TRANSPORT;
+              "failed: %s%s", what, (unsigned long long)n, p->rank,
+              err ? strerror(err) : "short read",
+              gone ? " (the process is gone)" : "");
+    return gone ? MOX_ERR_PEER : MOX_ERR_TRANSPORT;
 }
 
 /* One chunk of a single-copy read. */
