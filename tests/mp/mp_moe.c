@@ -407,10 +407,12 @@ static void usage(FILE *f)
                "on odd ranks)\n"
                "  [--mode ok|bad-expert|dup-expert|null-x|small-capacity|bad-hidden|bad-note|"
                "bad-experts --victim R]\n"
-               "  [--mode dies-early|dies-in-dispatch|dies-in-combine --victim R]  (rank R\n"
-               "  exits without a word after creation, right after starting a dispatch, or\n"
-               "  right after starting a combine; every other rank must get MOX_ERR_PEER or\n"
-               "  MOX_ERR_TIMEOUT within 3 rounds, and prints how long it took)\n"
+               "  [--mode dies-early|dies-in-dispatch|dies-in-combine|dies-stalled --victim R]\n"
+               "  (rank R exits without a word after creation, right after starting a\n"
+               "  dispatch, or right after starting a combine; or, dies-stalled, stays\n"
+               "  alive 12 s without calling dispatch, then exits: every other rank must\n"
+               "  get MOX_ERR_PEER or MOX_ERR_TIMEOUT within 3 rounds, and prints how long\n"
+               "  it took)\n"
                "  (bad-note: run with MOX_TEST_BAD_NOTE=R, rank R answers "
                "in-place reads with a bad offset,\n"
                "  or MOX_TEST_SHORT_BACK=R, rank R as a forwarder sends "
@@ -740,6 +742,10 @@ int main(int argc, char **argv)
          * victim's was delivered before it left; a later one cannot. */
         if (me == o.victim && !strcmp(o.mode, "dies-early"))
             _exit(0);
+        if (me == o.victim && !strcmp(o.mode, "dies-stalled")) {
+            sleep(12); /* bounded: longer than the others' MOX_TIMEOUT */
+            _exit(0);
+        }
         struct timespec t0, t1;
         clock_gettime(CLOCK_MONOTONIC, &t0);
         int failed = 0;
