@@ -132,7 +132,8 @@ static uint64_t now_ns(void)
 }
 
 /* kill(pid, 0) still succeeds on a zombie nobody reaped yet, so look at
- * its state too. Only called every SHM_PEER_CHECK_NS per waiting peer. */
+ * its state too. Called every SHM_PEER_CHECK_NS per waiting peer, and when
+ * a single-copy read from it fails. */
 int shm_peer_alive(pid_t pid)
 {
     if (kill(pid, 0) != 0 && errno == ESRCH)
