@@ -94,6 +94,9 @@ struct mox_req {
                                in flight: the communicator stays usable */
     uint64_t seq;
     uint64_t start_ns;
+    /* mox_test's clock for MOX_TIMEOUT: time polled with nothing moving,
+     * and when it last polled (0: never, or something moved). */
+    uint64_t test_idle_ns, test_poll_ns;
     mox_status_t (*progress)(struct mox_req *req);
     void (*cleanup)(struct mox_req *req);
     mox__treq_t *treqs;

@@ -401,17 +401,44 @@ static void report_timeout(struct mox_req *req, uint64_t waited_ms)
               shown ? peers : "(none pending: a local step is stuck)");
 }
 
+/* A gap between two mox_test calls counts this much at most towards
+ * MOX_TIMEOUT: while the caller computes, nothing can move that needs
+ * this rank to progress, so only polled time is waiting time. */
+#define TEST_GAP_MAX_NS UINT64_C(1000000000)
+
+/* mox_test found nothing moving: add the time since the last poll (capped)
+ * and end `req` with MOX_ERR_TIMEOUT once it passes MOX_TIMEOUT, as
+ * mox_wait would. */
+static void test_idle(struct mox_req *req)
+{
+    mox__comm_t *c = req->comm;
+    uint64_t now = mox__now_ns();
+    if (req->test_poll_ns) {
+        uint64_t gap = now - req->test_poll_ns;
+        req->test_idle_ns += gap < TEST_GAP_MAX_NS ? gap : TEST_GAP_MAX_NS;
+    }
+    req->test_poll_ns = now;
+    if (req->test_idle_ns > (uint64_t)c->cfg.timeout_ms * 1000000u) {
+        report_timeout(req, req->test_idle_ns / 1000000u);
+        finish(req, MOX_ERR_TIMEOUT);
+    }
+}
+
 mox_status_t mox_test(mox_req_t req, int *done)
 {
     if (!req || !done)
         return MOX_ERR_INVALID_ARG;
     mox_status_t fatal = MOX_OK;
     if (!req->done) {
-        progress_all(req->comm, &fatal);
+        int events = progress_all(req->comm, &fatal);
         if (fatal != MOX_OK) {
             mox__fail(req->comm, fatal, "%s: transport failed",
                       req->name);
             fail_active(req->comm, fatal);
+        } else if (events > 0) {
+            req->test_idle_ns = req->test_poll_ns = 0;
+        } else if (!req->done) {
+            test_idle(req);
         }
     }
     *done = req->done;

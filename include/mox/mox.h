@@ -190,7 +190,10 @@ MOX_API mox_status_t mox_comm_rank_location(mox_comm_t comm, int rank,
 /*
  * Progress `req`. *done becomes 1 when it finished (successfully or not).
  * Returns the request's status once done (MOX_OK or an error), MOX_OK while
- * still running, or an error for a bad argument.
+ * still running, or an error for a bad argument. Polling with mox_test
+ * times out as mox_wait does: once calls that see nothing move add up to
+ * MOX_TIMEOUT, the request ends with MOX_ERR_TIMEOUT (a gap between two
+ * calls counts at most one second, so computing between polls does not).
  */
 MOX_API mox_status_t mox_test(mox_req_t req, int *done);
 
