@@ -67,6 +67,9 @@ struct mox_comm {
     } scratch;
     uint32_t moe_created;   /* MoE handles created (collectively) */
     int failed;             /* a fatal error happened; only destroy is useful */
+    uint32_t peers_lost;    /* peers the transports saw fail or leave: from
+                               then on only a request's own messages
+                               restart its MOX_TIMEOUT clock (request.c) */
     mox_stats_t stats;
     struct mox_req *active; /* requests not yet finished, for progress */
     struct mox_req *cur;    /* request being started or stepped: its
@@ -97,6 +100,9 @@ struct mox_req {
     /* mox_test's clock for MOX_TIMEOUT: time polled with nothing moving,
      * and when it last polled (0: never, or something moved). */
     uint64_t test_idle_ns, test_poll_ns;
+    /* Its messages finished so far (transports count them, through
+     * mox__treq_t's `moves`), and the count mox_test last saw. */
+    uint64_t moves, test_moves;
     mox_status_t (*progress)(struct mox_req *req);
     void (*cleanup)(struct mox_req *req);
     mox__treq_t *treqs;

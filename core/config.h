@@ -23,7 +23,8 @@ typedef enum {
     X(timeout_ms, "MOX_TIMEOUT", MOX_CFG_INT, "60000", NULL, 100,              \
       86400000,                                                                \
       "milliseconds without progress from a peer before an operation "         \
-      "fails with MOX_ERR_TIMEOUT, waited on or polled (mox_test); also "      \
+      "fails with MOX_ERR_TIMEOUT, waited on or polled (mox_test); once a "    \
+      "peer was lost only the operation's own messages count; also "           \
       "bounds the bootstrap")                                                  \
     X(rank, "MOX_RANK", MOX_CFG_INT, "-1", NULL, -1, 1 << 24,                  \
       "this process's rank for the TCP rendezvous (else RANK, "                \

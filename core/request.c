@@ -98,6 +98,7 @@ mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
 {
     int tp = 0;
     memset(r, 0, sizeof *r);
+    r->moves = c->cur ? &c->cur->moves : NULL;
     r->peer = peer;
     r->is_send = 1;
     mox_status_t st = route(c, peer, &tp);
@@ -120,6 +121,7 @@ mox_status_t mox__isendv(mox__comm_t *c, int peer, uint64_t tag,
 {
     int tp = 0;
     memset(r, 0, sizeof *r);
+    r->moves = c->cur ? &c->cur->moves : NULL;
     r->peer = peer;
     r->is_send = 1;
     mox_status_t st = route(c, peer, &tp);
@@ -150,6 +152,7 @@ mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
 {
     int tp = 0; /* route() sets it; gcc -O3 cannot tell */
     memset(r, 0, sizeof *r);
+    r->moves = c->cur ? &c->cur->moves : NULL;
     r->peer = peer;
     mox_status_t st = route(c, peer, &tp);
     if (st != MOX_OK)
@@ -435,11 +438,13 @@ mox_status_t mox_test(mox_req_t req, int *done)
             mox__fail(req->comm, fatal, "%s: transport failed",
                       req->name);
             fail_active(req->comm, fatal);
-        } else if (events > 0) {
+        } else if (events > 0 && (!req->comm->peers_lost ||
+                                  req->moves != req->test_moves)) {
             req->test_idle_ns = req->test_poll_ns = 0;
         } else if (!req->done) {
             test_idle(req);
         }
+        req->test_moves = req->moves;
     }
     *done = req->done;
     return req->done ? req->status : MOX_OK;
@@ -501,12 +506,23 @@ static int doze(mox__comm_t *c, struct mox_req *req, uint64_t idle_rounds)
     return 1;
 }
 
+/*
+ * MOX_TIMEOUT's clock. Until a peer is lost, any event restarts it: a
+ * large message moves for a long time before it finishes, and another
+ * active request may be what a peer waits for. Once the transports saw a
+ * peer fail or leave (comm->peers_lost), that peer's fallout is events too
+ * (its sockets closing, other ranks giving up and leaving in turn), and a
+ * rank waiting for a stalled peer kept restarting its clock: it reported
+ * after up to 3 x MOX_TIMEOUT. From then on only the request's own
+ * messages finishing count, as seen at the clock checks.
+ */
 mox_status_t mox_wait(mox_req_t req)
 {
     if (!req)
         return MOX_ERR_INVALID_ARG;
     mox__comm_t *c = req->comm;
-    uint64_t last = mox__now_ns(), idle_rounds = 0;
+    uint64_t last = mox__now_ns(), own_last = last, idle_rounds = 0;
+    uint64_t moves_seen = req->moves;
     const uint64_t timeout_ns = (uint64_t)c->cfg.timeout_ms * 1000000u;
     while (!req->done) {
         mox_status_t fatal = MOX_OK;
@@ -516,20 +532,28 @@ mox_status_t mox_wait(mox_req_t req)
             fail_active(c, fatal);
             break;
         }
-        if (events > 0) {
+        if (events > 0 && !c->peers_lost) {
             idle_rounds = 0;
             last = 0;
             continue;
         }
-        if (!doze(c, req, ++idle_rounds))
+        /* Events after a loss keep the clock running but do not sleep:
+         * more of them may follow. */
+        ++idle_rounds;
+        if (events <= 0 && !doze(c, req, idle_rounds))
             idle(idle_rounds, c->spin_count);
         if ((idle_rounds & 63) != 0)
             continue;
         uint64_t now = mox__now_ns();
         if (last == 0)
             last = now;
-        if (now - last > timeout_ns) {
-            report_timeout(req, (now - last) / 1000000u);
+        if (req->moves != moves_seen) {
+            moves_seen = req->moves;
+            own_last = now;
+        }
+        uint64_t since = c->peers_lost ? own_last : last;
+        if (now - since > timeout_ns) {
+            report_timeout(req, (now - since) / 1000000u);
             finish(req, MOX_ERR_TIMEOUT);
         }
     }

@@ -27,10 +27,23 @@ typedef struct mox__treq {
     int peer;             /* set by core (mox__isend/irecv), for messages */
     int is_send;
     int posted;           /* set by core once handed to a transport */
+    uint64_t *moves;      /* set by core: its collective's count of finished
+                             messages (MOX_TIMEOUT's clock), or NULL */
     /* Owned by the transport while the request is running. */
     void *tp_priv[6];
     uint64_t tp_u64[4];
 } mox__treq_t;
+
+/* Transports end every request through this, exactly once. */
+static inline void mox__treq_finish(mox__treq_t *r, mox_status_t st,
+                                    size_t bytes)
+{
+    r->status = st;
+    r->bytes = bytes;
+    r->done = 1;
+    if (r->moves)
+        ++*r->moves;
+}
 
 typedef struct mox__transport mox__transport_t;
 

@@ -199,8 +199,12 @@ MOX_API mox_status_t mox_test(mox_req_t req, int *done);
 
 /*
  * Block until `req` finishes; returns its status. Fails with MOX_ERR_TIMEOUT
- * when no peer made progress for MOX_TIMEOUT milliseconds. Progress yields
- * the CPU while waiting.
+ * when no peer made progress for MOX_TIMEOUT milliseconds, naming the ranks
+ * it still waits for. Progress is any traffic of this communicator while
+ * no peer has been lost; once one was seen failing or leaving, only the
+ * request's own messages finishing, so other ranks giving up around a
+ * stalled peer do not extend the wait (mox_test counts the same way).
+ * Progress yields the CPU while waiting.
  */
 MOX_API mox_status_t mox_wait(mox_req_t req);
 

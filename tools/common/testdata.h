@@ -9,6 +9,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 /* splitmix64: a good 64-bit mixer, independent of the library under test. */
 static inline uint64_t td_mix(uint64_t x)
@@ -17,6 +18,18 @@ static inline uint64_t td_mix(uint64_t x)
     x = (x ^ (x >> 30)) * UINT64_C(0xbf58476d1ce4e5b9);
     x = (x ^ (x >> 27)) * UINT64_C(0x94d049bb133111eb);
     return x ^ (x >> 31);
+}
+
+/* Seconds within which a rank waiting for a stalled peer (alive, absent)
+ * must fail: 1.5 x MOX_TIMEOUT (from the environment; 60 s unset) + 1 s.
+ * The library restarts a request's clock only while no peer was lost, so
+ * the first ranks to give up do not buy the others more time; before it
+ * did, survivors took up to 3 x MOX_TIMEOUT. */
+static inline double td_stall_limit_s(void)
+{
+    const char *v = getenv("MOX_TIMEOUT");
+    double ms = v && *v ? strtod(v, NULL) : 60000.0;
+    return 1.5 * ms / 1000.0 + 1.0;
 }
 
 /* Fill `bytes` bytes of the block src -> dst. */

@@ -60,9 +60,7 @@ static mox__treq_t *q_take(self_queue_t *q, uint64_t tag, mox__treq_t *want)
 
 static void done(mox__treq_t *r, mox_status_t st, size_t bytes)
 {
-    r->status = st;
-    r->bytes = bytes;
-    r->done = 1;
+    mox__treq_finish(r, st, bytes);
 }
 
 /* Deliver `s` into `r`; a message longer than the receive truncates it

@@ -79,9 +79,7 @@ mox__treq_t *shm_q_take_tag(shm_queue_t *q, uint64_t tag)
 
 void shm_req_done(mox__treq_t *r, mox_status_t st, size_t bytes)
 {
-    r->status = st;
-    r->bytes = bytes;
-    r->done = 1;
+    mox__treq_finish(r, st, bytes);
 }
 
 static int fail_queue(shm_queue_t *q, mox_status_t st)
@@ -179,6 +177,7 @@ static int check_peers(mox__transport_t *tp)
         MOX_ERROR("shm", "local peer rank %d (pid %d) is gone", p->rank,
                   (int)p->pid);
         p->dead = 1;
+        tp->comm->peers_lost++;
         n += fail_sends(p, MOX_ERR_PEER);
     }
     return n;
@@ -386,6 +385,7 @@ static mox_status_t shm_peer_check(mox__transport_t *tp, int peer)
     MOX_ERROR("shm", "local peer rank %d (pid %d) is gone", p->rank,
               (int)p->pid);
     p->dead = 1;
+    tp->comm->peers_lost++;
     fail_sends(p, MOX_ERR_PEER);
     return MOX_ERR_PEER;
 }

@@ -89,9 +89,7 @@ static void finish(mox__transport_t *tp, mox__treq_t *r, mox_status_t st,
 {
     unlink_req(tp, r);
     UCXT_REQ(r) = NULL;
-    r->bytes = bytes;
-    r->status = st;
-    r->done = 1;
+    mox__treq_finish(r, st, bytes);
     tp->completions++;
 }
 
@@ -181,8 +179,7 @@ static mox_status_t start(mox__transport_t *tp, int peer, uint64_t tag,
 /* Posting failed: the request is done with that status. */
 static mox_status_t fail_now(mox__treq_t *r, mox_status_t st)
 {
-    r->status = st;
-    r->done = 1;
+    mox__treq_finish(r, st, 0);
     return st;
 }
 
@@ -297,6 +294,7 @@ static void handle_failures(mox__transport_t *tp)
         if (p->state != UCXT_PEER_DEAD || p->failure_handled)
             continue;
         p->failure_handled = 1;
+        c->peers_lost++;
         int affected = 0;
         mox__treq_t *next;
         for (mox__treq_t *r = tp->running; r != NULL; r = next) {
@@ -334,6 +332,12 @@ int ucxt_progress(mox__transport_t *tp)
         handle_failures(tp);
     unsigned done = tp->completions;
     tp->completions = 0;
+    /* With nothing of ours in flight, UCX's events (sockets of leaving
+     * peers closing, keepalives, messages for receives not yet posted)
+     * move no request: they must not restart a waiting rank's MOX_TIMEOUT
+     * clock (core/request.c). */
+    if (tp->running == NULL && done == 0)
+        return 0;
     return (int)(events > done ? events : done);
 }
 
