@@ -61,6 +61,9 @@ static void body_all_sizes(int rank, const char *nodes, const char *job)
     mox__treq_t *reqs = calloc(2 * NSIZES * n, sizeof *reqs);
     CHECK(sbuf && rbuf && reqs, "malloc");
     int nr = 0;
+    /* Every finished request counts once in its collective's `moves`
+     * (MOX_TIMEOUT's clock): half of them here, the others in none. */
+    uint64_t moves = 0;
     for (int l = 0; l < n; l++) {
         int peer = mox__topo_rank_at(&c->topo, c->node, l);
         if (peer == rank)
@@ -68,17 +71,24 @@ static void body_all_sizes(int rank, const char *nodes, const char *job)
         size_t off = total * l;
         for (size_t k = 0; k < NSIZES; k++) {
             fill(sbuf + off, sizes[k], rank, peer, (int)k);
+            reqs[nr].moves = k % 2 ? &moves : NULL;
             CHECK(shm->irecv(tp, peer, k, rbuf + off, sizes[k], &reqs[nr++])
                       == MOX_OK, "irecv");
+            reqs[nr].moves = k % 2 ? &moves : NULL;
             CHECK(shm->isend(tp, peer, k, sbuf + off, sizes[k], &reqs[nr++])
                       == MOX_OK, "isend");
             off += sizes[k];
         }
     }
     h_wait(shm, tp, reqs, nr);
-    for (int i = 0; i < nr; i++)
+    uint64_t counted = 0;
+    for (int i = 0; i < nr; i++) {
         CHECK(reqs[i].status == MOX_OK, "req %d: %s", i,
               mox_status_name(reqs[i].status));
+        counted += reqs[i].moves != NULL;
+    }
+    CHECK(moves == counted, "moves %llu, want %llu (one per finished request)",
+          (unsigned long long)moves, (unsigned long long)counted);
     for (int l = 0; l < n; l++) {
         int peer = mox__topo_rank_at(&c->topo, c->node, l);
         size_t off = total * l;
@@ -707,13 +717,17 @@ static void test_self_matches_either_order_and_truncates(void **state)
     assert_int_equal(ops->create(&c, &tp), MOX_OK);
     char a[8] = "aaaaaaa", b[8] = "bbbbbbb", r1[8] = "", r2[8] = "", r3[4];
     mox__treq_t s1 = {0}, s2 = {0}, q1 = {0}, q2 = {0}, q3 = {0}, s3 = {0};
+    uint64_t moves = 0; /* finished requests, counted by the transport */
+    s1.moves = s2.moves = q1.moves = q2.moves = &moves;
     /* send first, two messages of one tag arrive in order */
     ops->isend(tp, 3, 9, a, 8, &s1);
     ops->isend(tp, 3, 9, b, 8, &s2);
     assert_false(s1.done);
+    assert_int_equal(moves, 0);
     ops->irecv(tp, 3, 9, r1, 8, &q1);
     ops->irecv(tp, 3, 9, r2, 8, &q2);
     assert_true(s1.done && s2.done && q1.done && q2.done);
+    assert_int_equal(moves, 4);
     assert_string_equal(r1, "aaaaaaa");
     assert_string_equal(r2, "bbbbbbb");
     /* receive first, other tag unaffected, then truncation */
