@@ -93,14 +93,21 @@ void mox__count_put(mox__comm_t *c, size_t bytes)
     count_send(c, MOX_TP_SHM, bytes);
 }
 
+/* A transport request about to be posted for the collective being
+ * started or stepped (c->cur), which counts it when it finishes. */
+static void treq_init(mox__comm_t *c, mox__treq_t *r, int peer, int is_send)
+{
+    memset(r, 0, sizeof *r);
+    r->moves = c->cur ? &c->cur->moves : NULL;
+    r->peer = peer;
+    r->is_send = is_send;
+}
+
 mox_status_t mox__isend(mox__comm_t *c, int peer, uint64_t tag,
                         const void *buf, size_t bytes, mox__treq_t *r)
 {
     int tp = 0;
-    memset(r, 0, sizeof *r);
-    r->moves = c->cur ? &c->cur->moves : NULL;
-    r->peer = peer;
-    r->is_send = 1;
+    treq_init(c, r, peer, 1);
     mox_status_t st = route(c, peer, &tp);
     if (st != MOX_OK)
         return st;
@@ -120,10 +127,7 @@ mox_status_t mox__isendv(mox__comm_t *c, int peer, uint64_t tag,
                          mox__treq_t *r)
 {
     int tp = 0;
-    memset(r, 0, sizeof *r);
-    r->moves = c->cur ? &c->cur->moves : NULL;
-    r->peer = peer;
-    r->is_send = 1;
+    treq_init(c, r, peer, 1);
     mox_status_t st = route(c, peer, &tp);
     if (st != MOX_OK)
         return st;
@@ -133,9 +137,7 @@ mox_status_t mox__isendv(mox__comm_t *c, int peer, uint64_t tag,
     st = c->tp_ops[tp]->isendv(c->tp[tp], peer, tag, iov, iovcnt, bytes, r);
     if (st == MOX_ERR_UNSUPPORTED) {
         /* A decline, not a failure: the caller packs and sends. */
-        memset(r, 0, sizeof *r);
-        r->peer = peer;
-        r->is_send = 1;
+        treq_init(c, r, peer, 1);
         return st;
     }
     count_send(c, tp, bytes);
@@ -151,9 +153,7 @@ mox_status_t mox__irecv(mox__comm_t *c, int peer, uint64_t tag, void *buf,
                         size_t capacity, mox__treq_t *r)
 {
     int tp = 0; /* route() sets it; gcc -O3 cannot tell */
-    memset(r, 0, sizeof *r);
-    r->moves = c->cur ? &c->cur->moves : NULL;
-    r->peer = peer;
+    treq_init(c, r, peer, 0);
     mox_status_t st = route(c, peer, &tp);
     if (st != MOX_OK)
         return st;
