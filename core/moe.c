@@ -304,8 +304,13 @@ char *mox__moe_comb_area(struct mox_moe *m, size_t bytes)
         return m->cbuf.p;
     if (m->cbuf_failed)
         return NULL;
-    if (shmbuf_create(m, "c", &m->cbuf, bytes + bytes / 2 + 4096,
-                      "moe combine area") != MOX_OK) {
+    /* Exact the first time: the pages are reserved (posix_fallocate), so
+     * headroom would cost memory on every rank for batches that may never
+     * come. Growth by half again, as mox__buf_reserve. */
+    if (m->cbuf.p)
+        bytes += bytes / 2;
+    if (shmbuf_create(m, "c", &m->cbuf, bytes, "moe combine area") !=
+        MOX_OK) {
         m->cbuf_failed = 1; /* messages then; the error is only logged */
         MOX_DEBUG("moe", "no shared combine area: %s",
                   mox_comm_last_error(m->comm));

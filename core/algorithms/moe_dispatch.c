@@ -67,6 +67,14 @@ typedef struct {
     int early;
     uint64_t *urow;
     float *utmp;
+    /* Packing the records of network hops, one chunk per progress call
+     * so the transports move the chunks already posted in between: the
+     * destinations in the order they are visited, the next one, and per
+     * destination the next chunk (pknext[h]). */
+    int *pkdest, npk, pkcur, pkleft;
+    uint32_t *pknext;            /* [P] */
+    float *ptmp;                 /* an H-float encode row */
+    const char **first;          /* [num_tokens] a token's first record */
     /* Shared receive buffers (mox_moe_recv_buffer): whether mine takes
      * this dispatch's rows from local sources; per local rank, the place
      * messages, and whether my rows for it wait for its place. */
@@ -444,6 +452,45 @@ static int places_pending(const dispatch_t *s)
     return 0;
 }
 
+/*
+ * Pack and send the next chunk of a network hop, visiting destinations in
+ * turn (pkcur). A token going to several nodes is encoded once, its later
+ * records copied from the first. Chunk by chunk and one per call, so the
+ * transports move what is posted while the rest is packed: packing all of
+ * it up front kept the links idle for 80-100 ms at 4096 tokens per rank.
+ */
+static mox_status_t pack_chunk(struct mox_req *req, dispatch_t *s)
+{
+    struct mox_moe *m = s->m;
+    size_t rb = m->rec_bytes;
+    for (int tries = 0; tries < s->npk; tries++) {
+        int h = s->pkdest[s->pkcur];
+        s->pkcur = (s->pkcur + 1) % s->npk;
+        uint64_t n = m->hop.off[h + 1] - m->hop.off[h];
+        uint32_t nch = hop_chunks(m, n), k = s->pknext[h];
+        if (k >= nch)
+            continue;
+        s->pknext[h] = k + 1;
+        s->pkleft--;
+        char *msg = (char *)m->hopout.p + m->hop.off[h] * rb;
+        uint64_t lo = chunk_lo(n, nch, k), hi = chunk_lo(n, nch, k + 1);
+        for (uint64_t j = lo; j < hi; j++) {
+            int64_t t = m->hop.item[m->hop.off[h] + j];
+            char *rec = msg + j * rb;
+            if (s->first && s->first[t])
+                memcpy(rec, s->first[t], rb);
+            else
+                pack_record(m, t, rec, s->ptmp);
+            if (s->first && !s->first[t])
+                s->first[t] = rec;
+        }
+        return mox__isend(m->comm, h, mox__tag(req->seq, STEP_HOP),
+                          msg + lo * rb, (hi - lo) * rb,
+                          &s->hsend[h * HOP_CHUNKS_MAX + k]);
+    }
+    return MOX_OK;
+}
+
 static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
 {
     struct mox_moe *m = s->m;
@@ -466,11 +513,13 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
                        : mox__buf_reserve(&m->hidscratch, m->num_recv * hb + 8);
     s->early = s->out && m->num_recv <= s->out->capacity;
     s->urow = mox__buf_reserve(&m->urow, (size_t)m->P * sizeof(uint64_t) +
-                                             (size_t)m->H * sizeof(float) + 8);
+                                             2 * (size_t)m->H * sizeof(float) +
+                                             8);
     if (!s->urow)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     memset(s->urow, 0, (size_t)m->P * sizeof(uint64_t));
     s->utmp = (float *)(void *)(s->urow + m->P);
+    s->ptmp = s->utmp + m->H;
     uint64_t fwd_total = 0;
     for (int l = 0; l < s->L; l++) {
         m->fwdin_off[l] = fwd_total * rb;
@@ -481,9 +530,7 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
     char *hin = mox__buf_reserve(&m->hopin, in_bytes + 8);
     char *fin = mox__buf_reserve(&m->fwdin, fwd_total * rb + 8);
     char *hout = mox__buf_reserve(&m->hopout, out_total * rb + 8);
-    float *tmp = malloc((size_t)m->H * sizeof *tmp + 8);
-    if (!hin || !fin || !hout || !tmp || !s->hidden_in) {
-        free(tmp);
+    if (!hin || !fin || !hout || !s->hidden_in) {
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory for %llu + "
                          "%llu records", (unsigned long long)in_total,
                          (unsigned long long)out_total);
@@ -501,6 +548,7 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
                                                   sizeof *first + 8);
     if (first)
         memset(first, 0, (size_t)m->num_tokens * sizeof *first);
+    s->first = first;
     mox_status_t st = MOX_OK;
     uint64_t htag = mox__tag(req->seq, STEP_HOP);
     uint64_t xtag = mox__tag(req->seq, STEP_HIDDEN);
@@ -551,7 +599,6 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
         (!mox__buf_reserve(&m->fwdrec, (size_t)s->L * s->fcap * 8 + 8) ||
          !mox__buf_reserve(&m->fwdiov, (size_t)s->L * s->fcap *
                                            sizeof(mox__iov_t) + 8))) {
-        free(tmp);
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory to forward "
                          "%llu records", (unsigned long long)s->fcap);
     }
@@ -585,27 +632,16 @@ static mox_status_t post_hops(struct mox_req *req, dispatch_t *s)
             st = send_split(req, s, h, iov);
             continue;
         }
-        /* Chunk by chunk, each sent as soon as it is packed, so the link
-         * starts after one chunk; a token going to several nodes is
-         * encoded once, its later records copied from the first. */
-        uint32_t nch = hop_chunks(m, n);
-        for (uint32_t k = 0; k < nch && st == MOX_OK; k++) {
-            uint64_t lo = chunk_lo(n, nch, k), hi = chunk_lo(n, nch, k + 1);
-            for (uint64_t j = lo; j < hi; j++) {
-                int64_t t = m->hop.item[m->hop.off[h] + j];
-                char *rec = msg + j * rb;
-                if (first && first[t])
-                    memcpy(rec, first[t], rb);
-                else
-                    pack_record(m, t, rec, tmp);
-                if (first && !first[t])
-                    first[t] = rec;
-            }
-            st = mox__isend(c, h, htag, msg + lo * rb, (hi - lo) * rb,
-                            &s->hsend[h * HOP_CHUNKS_MAX + k]);
+        if (n) { /* packed chunk by chunk (pack_chunk) */
+            s->pkdest[s->npk++] = h;
+            s->pknext[h] = 0;
+            s->pkleft += (int)hop_chunks(m, n);
         }
     }
-    free(tmp);
+    /* The first chunk for every destination now, so every link starts
+     * after one chunk each; the rest one per progress call. */
+    for (int i = 0; i < s->npk && st == MOX_OK; i++)
+        st = pack_chunk(req, s);
     return st;
 }
 
@@ -973,8 +1009,19 @@ static mox_status_t progress(struct mox_req *req)
         s->phase = 3;
         if ((st = post_hops(req, s)) != MOX_OK)
             return st;
+        MOX_TRACE("moe", "dispatch %llu: hops posted after %.3f ms",
+                  (unsigned long long)req->seq,
+                  (double)(mox__now_ns() - req->start_ns) / 1e6);
     }
     if (s->phase == 3) {
+        if (s->pkleft > 0) {
+            if ((st = pack_chunk(req, s)) != MOX_OK)
+                return st;
+            if (s->pkleft == 0)
+                MOX_TRACE("moe", "dispatch %llu: hops packed after %.3f ms",
+                          (unsigned long long)req->seq,
+                          (double)(mox__now_ns() - req->start_ns) / 1e6);
+        }
         if ((st = forward_ready(req, s)) != MOX_OK)
             return st;
         if (m->forward && (st = next_forward_recv(req, s, 0)) != MOX_OK)
@@ -988,7 +1035,8 @@ static mox_status_t progress(struct mox_req *req)
         }
         if ((st = place_ready(req, s)) != MOX_OK)
             return st;
-        if (!s->forwarded || !forwards_received(s) || places_pending(s))
+        if (s->pkleft > 0 || !s->forwarded || !forwards_received(s) ||
+            places_pending(s))
             return MOX_IN_PROGRESS;
         s->phase = 4;
     }
@@ -1048,7 +1096,9 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     dispatch_t *s = calloc(1, sizeof *s + nt * sizeof(mox__treq_t) +
                                   2 * (size_t)L * sizeof(place_t) +
                                   3 * (size_t)L * sizeof(uint64_t) +
-                                  (P + (size_t)L) * sizeof(int) + (size_t)L);
+                                  P * sizeof(uint32_t) +
+                                  (2 * P + (size_t)L) * sizeof(int) +
+                                  (size_t)L);
     if (!s)
         return mox__fail(c, MOX_ERR_NO_MEMORY, "moe: no memory");
     req->state = s;
@@ -1075,9 +1125,11 @@ mox_status_t mox__moe_dispatch_start(struct mox_req *req, struct mox_moe *m,
     s->fcount = (uint64_t *)(void *)(s->plin + L);
     s->rgot = s->fcount + L;
     s->roff = s->rgot + L;
-    s->rsrc = (int *)(s->roff + L);
+    s->pknext = (uint32_t *)(void *)(s->roff + L);
+    s->rsrc = (int *)(s->pknext + P);
     s->srv = s->rsrc + L;
-    s->pwait = (uint8_t *)(s->srv + P);
+    s->pkdest = s->srv + P;
+    s->pwait = (uint8_t *)(s->pkdest + P);
     for (int src = 0; src < m->P; src++)
         if (served_remote(m, src))
             s->srv[s->nsrv++] = src;

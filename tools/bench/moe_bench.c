@@ -892,14 +892,6 @@ int main(int argc, char **argv)
          MOX_DTYPE_I32, 1, MOX_MOE_WIRE_NATIVE, cw, MOX_MOE_ALGO_ALLTOALLV},
         {sizeof(mox_moe_config_t), o.experts, o.hidden, o.topk, MOX_DTYPE_BF16,
          MOX_DTYPE_I32, 1, MOX_MOE_WIRE_FP8, cw, MOX_MOE_ALGO_DEDUP}};
-    mox_moe_t moes[3] = {NULL, NULL, NULL};
-    for (int i = 0; i < 3; i++) {
-        if (!impl_on(i))
-            continue;
-        mox_status_t st = mox_moe_create(comm, &cfgs[i], &moes[i]);
-        if (st != MOX_OK)
-            die_mox(comm, "mox_moe_create", st);
-    }
 
     FILE *csv = NULL;
     if (me == 0) {
@@ -994,9 +986,19 @@ int main(int argc, char **argv)
             int i = (j + ti) % 4;
             if (!impl_on(i))
                 continue;
-            if (i < 3)
-                run_mox(comm, moes[i], i == 2, iters, &ex, &rs[i]);
-            else
+            if (i < 3) {
+                /* One handle at a time, destroyed after its run: a handle
+                 * keeps its buffers (about twice the bytes a rank receives,
+                 * docs/moe.md "Memory"), and three of them at 4096 tokens
+                 * would not fit beside each other in 24 GiB. */
+                mox_moe_t moe = NULL;
+                mox_status_t st = mox_moe_create(comm, &cfgs[i], &moe);
+                if (st != MOX_OK)
+                    die_mox(comm, "mox_moe_create", st);
+                run_mox(comm, moe, i == 2, iters, &ex, &rs[i]);
+                MPI_Barrier(MPI_COMM_WORLD); /* peers done with my buffers */
+                mox_moe_destroy(moe);
+            } else
                 run_mpi(iters, &ex, &rs[i]);
         }
         for (int i = 0; i < 4; i++) {
@@ -1051,8 +1053,6 @@ int main(int argc, char **argv)
     }
     if (csv)
         fclose(csv);
-    for (int i = 0; i < 3; i++)
-        mox_moe_destroy(moes[i]);
     mox_comm_destroy(comm);
     MPI_Finalize();
     return rc;
