@@ -37,7 +37,9 @@
 typedef struct {
     int tokens[MAX_LIST], ntok;
     int iters[MAX_LIST], niters;
-    int hidden, experts, topk, max_nodes, warmup;
+    int warm[MAX_LIST], nwarm;
+    int hidden, experts, topk, max_nodes;
+    int warmup; /* of the tokens value being run (from warm) */
     double link_gbit;
     uint64_t seed;
     const char *csv, *impls, *comb_wire;
@@ -55,7 +57,7 @@ static int *node_of; /* [P] node of each rank (MPI's view, checked vs mox) */
 static void usage(FILE *f)
 {
     fprintf(f,
-        "usage: mox-moe-bench [-t LIST] [-n LIST] [-w WARMUP] [--hidden H]\n"
+        "usage: mox-moe-bench [-t LIST] [-n LIST] [-w LIST] [--hidden H]\n"
         "                     [--experts E] [--topk K] [--max-nodes M]\n"
         "                     [--link-gbit G] [--combine-wire bf16|f32]\n"
         "                     [--impls LIST] [--seed S] [--csv FILE]\n"
@@ -64,7 +66,8 @@ static void usage(FILE *f)
         "                      (default 128,512,1024,2048,4096)\n"
         "  -n, --iters LIST    timed iterations per tokens value; the last one\n"
         "                      repeats (default 10)\n"
-        "  -w, --warmup N      untimed iterations per tokens value (default 2)\n"
+        "  -w, --warmup LIST   untimed iterations per tokens value; the last\n"
+        "                      one repeats (default 2)\n"
         "      --hidden H      values per token (default 7168), bf16\n"
         "      --experts E     experts, a multiple of the ranks (default 256)\n"
         "      --topk K        experts per token (default 8)\n"
@@ -105,13 +108,13 @@ static void usage(FILE *f)
         "fixed one. Run under mpirun or tools/mox-run --mpi.\n");
 }
 
-static int parse_list(const char *s, int *out, int *n)
+static int parse_list(const char *s, int *out, int *n, int min)
 {
     char *end;
     *n = 0;
     while (*s) {
         long v = strtol(s, &end, 10);
-        if (end == s || v < 1 || v > INT_MAX / 2 || *n >= MAX_LIST)
+        if (end == s || v < min || v > INT_MAX / 2 || *n >= MAX_LIST)
             return -1;
         out[(*n)++] = (int)v;
         s = end;
@@ -134,31 +137,36 @@ static int parse(int argc, char **argv)
         {"back-to-back", 0, 0, 'B'}, {"help", 0, 0, 'h'},
         {0, 0, 0, 0}};
     o = (opts_t){.hidden = 7168, .experts = 256, .topk = 8, .max_nodes = 4,
-                 .warmup = 2, .link_gbit = 1.0, .seed = 1, .csv = NULL,
+                 .link_gbit = 1.0, .seed = 1, .csv = NULL,
                  .impls = "mox-dedup,mox-a2av,mox-dedup-fp8,ompi-a2av",
                  .comb_wire = "bf16"};
-    parse_list("128,512,1024,2048,4096", o.tokens, &o.ntok);
-    parse_list("10", o.iters, &o.niters);
+    parse_list("128,512,1024,2048,4096", o.tokens, &o.ntok, 1);
+    parse_list("10", o.iters, &o.niters, 1);
+    parse_list("2", o.warm, &o.nwarm, 0);
     int c;
     char *end;
     while ((c = getopt_long(argc, argv, "t:n:w:h", lo, NULL)) != -1) {
         switch (c) {
         case 't':
-            if (parse_list(optarg, o.tokens, &o.ntok)) {
+            if (parse_list(optarg, o.tokens, &o.ntok, 1)) {
                 ARGERR("mox-moe-bench: -t needs positive integers "
                         "separated by commas, got '%s'\n", optarg);
                 return -1;
             }
             break;
         case 'n':
-            if (parse_list(optarg, o.iters, &o.niters)) {
+            if (parse_list(optarg, o.iters, &o.niters, 1)) {
                 ARGERR("mox-moe-bench: -n needs positive integers "
                         "separated by commas, got '%s'\n", optarg);
                 return -1;
             }
             break;
-        case 'w': o.warmup = (int)strtol(optarg, &end, 10);
-            if (*end || o.warmup < 0) o.warmup = -1;
+        case 'w':
+            if (parse_list(optarg, o.warm, &o.nwarm, 0)) {
+                ARGERR("mox-moe-bench: -w needs integers >= 0 separated "
+                        "by commas, got '%s'\n", optarg);
+                return -1;
+            }
             break;
         case 'H': o.hidden = atoi(optarg); break;
         case 'E': o.experts = atoi(optarg); break;
@@ -183,11 +191,10 @@ static int parse(int argc, char **argv)
         return -1;
     }
     if (o.hidden < 1 || o.experts < 1 || o.topk < 1 || o.topk > 64 ||
-        o.topk > o.experts || o.max_nodes < 1 || o.warmup < 0 ||
-        !(o.link_gbit > 0)) {
+        o.topk > o.experts || o.max_nodes < 1 || !(o.link_gbit > 0)) {
         ARGERR("mox-moe-bench: need --hidden >= 1, --experts >= 1, "
                 "1 <= --topk <= min(64, experts), --max-nodes >= 1, "
-                "--warmup >= 0, --link-gbit > 0\n");
+                "--link-gbit > 0\n");
         return -1;
     }
     if (strcmp(o.comb_wire, "bf16") && strcmp(o.comb_wire, "f32")) {
@@ -894,11 +901,15 @@ int main(int argc, char **argv)
          MOX_DTYPE_I32, 1, MOX_MOE_WIRE_FP8, cw, MOX_MOE_ALGO_DEDUP}};
 
     FILE *csv = NULL;
+    char warm_list[MAX_LIST * 12] = "";
+    for (int i = 0, n = 0; i < o.nwarm; i++)
+        n += snprintf(warm_list + n, sizeof warm_list - (size_t)n, "%s%d",
+                      i ? "," : "", o.warm[i]);
     if (me == 0) {
         printf("# mox-moe-bench: %d ranks on %d nodes, %d experts, top-%d, "
                "node-limited to %d, hidden %d bf16, combine wire %s, "
-               "%d warmup, %s\n", P, nnodes, o.experts, o.topk, o.max_nodes,
-               o.hidden, o.comb_wire, o.warmup,
+               "warmup %s, %s\n", P, nnodes, o.experts, o.topk, o.max_nodes,
+               o.hidden, o.comb_wire, warm_list,
                o.b2b ? "combine back to back after dispatch"
                      : "a barrier before each op");
         if (nnodes > 1)
@@ -922,6 +933,7 @@ int main(int argc, char **argv)
     for (int ti = 0; ti < o.ntok; ti++) {
         T = o.tokens[ti];
         int iters = o.iters[ti < o.niters ? ti : o.niters - 1];
+        o.warmup = o.warm[ti < o.nwarm ? ti : o.nwarm - 1];
         int k = o.topk;
         size_t H = (size_t)o.hidden;
         ids_all = malloc((size_t)P * T * k * 4);
@@ -968,8 +980,9 @@ int main(int argc, char **argv)
         else
             snprintf(bnd, sizeof bnd, "memcpy bound per impl (last column)");
         if (me == 0) {
-            printf("\n# %d tokens/rank, %d iters: dedup-min %s/rank, %s, "
-                   "%.0f rows delivered/rank\n", T, iters, b1, bnd,
+            printf("\n# %d tokens/rank, %d iters, %d warmup: dedup-min "
+                   "%s/rank, %s, %.0f rows delivered/rank\n", T, iters,
+                   o.warmup, b1, bnd,
                    ex.delivered_rank);
             printf("#%-14s %12s %12s %8s %14s %11s %8s %7s%s\n", "impl",
                    "dispatch(us)", "combine(us)", "GB/s", "inter B/rank",
