@@ -834,6 +834,22 @@ int main(int argc, char **argv)
         MPI_Finalize();
         return pr > 0 ? 0 : 2;
     }
+    {   /* Every pair of ranks talks once now, on idle links: Open MPI's TCP
+         * transport connects a pair at its first message, and a pair whose
+         * alltoallv counts were zero at the small sizes first connected at
+         * 4096 tokens with mox's traffic filling the links; that connect
+         * failed once (2 x 4, "connect() ... Operation now in progress")
+         * and took the job down. */
+        for (int i = 1; i < P; i++) { /* pairwise: MPI_Alltoall of one
+                                          int may take a log-P pattern */
+            int out = me, in = -1;
+            MPI_Sendrecv(&out, 1, MPI_INT, (me + i) % P, 0, &in, 1, MPI_INT,
+                         (me + P - i) % P, 0, MPI_COMM_WORLD,
+                         MPI_STATUS_IGNORE);
+            if (in != (me + P - i) % P)
+                MPI_Abort(MPI_COMM_WORLD, 1);
+        }
+    }
     {   /* impl names */
         const char *s = o.impls;
         while (*s) {
