@@ -835,11 +835,11 @@ int main(int argc, char **argv)
         return pr > 0 ? 0 : 2;
     }
     {   /* Every pair of ranks talks once now, on idle links: Open MPI's TCP
-         * transport connects a pair at its first message, and a pair whose
-         * alltoallv counts were zero at the small sizes first connected at
-         * 4096 tokens with mox's traffic filling the links; that connect
-         * failed once (2 x 4, "connect() ... Operation now in progress")
-         * and took the job down. */
+         * transport connects a pair at its first message. Once, on 2 x 4
+         * at 4096 tokens, a connect with mox's traffic filling the links
+         * failed ("connect() ... Operation now in progress") and took the
+         * job down; a pair whose alltoallv counts were zero at the
+         * smaller sizes would connect only there. */
         for (int i = 1; i < P; i++) { /* pairwise: MPI_Alltoall of one
                                           int may take a log-P pattern */
             int out = me, in = -1;
